@@ -1,0 +1,566 @@
+"""The Python client: a proxy typed as the Protocol, and :class:`StreamSession`.
+
+``connect(Protocol, location)`` returns an :class:`RpcConnection`; entering it yields an object
+whose methods are the Protocol's. Unary calls are one ``DoAction``; stream calls start with
+``GetFlightInfo`` and continue over ``DoGet`` (producers) or ``DoExchange`` (exchanges).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import weakref
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, Generic, TypeVar, cast
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from vgi_flight import _wire as wire
+from vgi_flight._arrow_types import ArrowSerializableDataclass
+from vgi_flight._errors import ErrorCode, RpcError
+from vgi_flight._log import Message
+from vgi_flight._service import MethodDescription, MethodKind, ServiceDescription, describe_protocol
+from vgi_flight._streams import AnnotatedBatch, conform_batch
+
+P = TypeVar("P")
+HT = TypeVar("HT", bound=ArrowSerializableDataclass)
+OnLog = Callable[[Message], None]
+
+_remote_log = logging.getLogger("vgi_flight.remote")
+
+
+def _default_on_log(msg: Message) -> None:
+    _remote_log.info("%s: %s", msg.level.value, msg.message, extra={"vgi_extra": msg.extra})
+
+
+def _protocol_error(message: str) -> RpcError:
+    return RpcError("ProtocolError", message, code=ErrorCode.FAILED_PRECONDITION)
+
+
+class _Transport:
+    """A Flight client plus the per-call options every request uses."""
+
+    def __init__(self, client: flight.FlightClient, options: flight.FlightCallOptions, on_log: OnLog) -> None:
+        self.client = client
+        self.options = options
+        self.on_log = on_log
+        self.sessions: weakref.WeakSet[StreamSession] = weakref.WeakSet()
+
+    def close(self) -> None:
+        # Tear down calls still open so closing the client (and the server's shutdown) never waits on them.
+        for session in list(self.sessions):
+            session._abort()
+        self.client.close()
+
+
+def _handle_metadata(meta: dict[str, Any], on_log: OnLog) -> None:
+    """Deliver a log message; other non-data kinds are ignored by design (forward compatible)."""
+    if meta.get("kind") == wire.KIND_LOG:
+        on_log(wire.message_from_json(meta))
+
+
+def _custom_metadata(meta: dict[str, Any]) -> pa.KeyValueMetadata | None:
+    custom = meta.get("metadata")
+    return pa.KeyValueMetadata(custom) if isinstance(custom, dict) and custom else None
+
+
+class StreamSession:
+    """The client side of one stream.
+
+    Iterate a producer; use ``exchange()`` (ideally inside ``with``) for an exchange. ``close()``
+    ends an exchange normally; ``cancel()`` tells the server to run the state's ``on_cancel``.
+    """
+
+    def __init__(
+        self,
+        transport: _Transport,
+        *,
+        method: str,
+        exchange: bool,
+        token: bytes,
+        seq: int,
+        output_schema: pa.Schema,
+        input_schema: pa.Schema,
+        header: ArrowSerializableDataclass | None,
+    ) -> None:
+        """Create a session (done by the proxy)."""
+        self._t = transport
+        self._method = method
+        self._exchange = exchange
+        self._token = token
+        self._seq = seq
+        self.output_schema = output_schema
+        self.input_schema = input_schema
+        self._header = header
+        self._closed = False
+        self._iterated = False
+        self._writer: flight.FlightStreamWriter | None = None
+        self._reader: flight.FlightStreamReader | None = None
+        self._get_reader: flight.FlightStreamReader | None = None
+        transport.sessions.add(self)
+
+    def _abort(self) -> None:
+        """Cancel the open Flight call, if any, without running ``on_cancel`` (connection shutdown)."""
+        self._closed = True
+        for reader in (self._reader, self._get_reader):
+            if reader is not None:
+                reader.cancel()
+        self._finish_call()
+
+    @property
+    def header(self) -> ArrowSerializableDataclass | None:
+        """The stream header, or ``None`` for a stream without one."""
+        return self._header
+
+    def typed_header(self, header_type: type[HT]) -> HT:
+        """Return the header as ``header_type``.
+
+        Raises:
+            TypeError: The stream has no header, or one of another type.
+        """
+        if self._header is None:
+            raise TypeError(f"stream '{self._method}' has no header")
+        if not isinstance(self._header, header_type):
+            raise TypeError(f"stream header is {type(self._header).__name__}, not {header_type.__name__}")
+        return self._header
+
+    @property
+    def is_exchange(self) -> bool:
+        """Whether this is an exchange stream (else a producer)."""
+        return self._exchange
+
+    @property
+    def token(self) -> bytes:
+        """The latest signed state token: the point this stream can resume from."""
+        return self._token
+
+    @property
+    def seq(self) -> int:
+        """Number of data batches received so far."""
+        return self._seq
+
+    # --- producer -----------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[AnnotatedBatch]:
+        """Iterate a producer's batches."""
+        if self._exchange:
+            raise TypeError(f"'{self._method}' is an exchange stream: use exchange() instead of iterating")
+        if self._iterated:
+            raise _protocol_error("a producer stream can only be iterated once")
+        self._iterated = True
+        return self._produce()
+
+    def _produce(self) -> Iterator[AnnotatedBatch]:
+        if self._closed:
+            return
+        try:
+            reader = self._t.client.do_get(flight.Ticket(self._token), self._t.options)
+        except flight.FlightError as exc:
+            self._closed = True
+            raise wire.rpc_error_from_flight(exc) from None
+        self._get_reader = reader
+        finished = False
+        try:
+            while True:
+                try:
+                    chunk = reader.read_chunk()
+                except StopIteration:
+                    finished = True
+                    return
+                except (flight.FlightError, pa.ArrowException) as exc:
+                    finished = True
+                    raise wire.rpc_error_from_flight(exc) from None
+                meta = wire.parse_metadata(chunk.app_metadata)
+                if meta.get("kind") == wire.KIND_DATA:
+                    self._token = wire.unb64(meta.get("token"), "token")
+                    self._seq = int(meta.get("seq", self._seq + 1))
+                    yield AnnotatedBatch(chunk.data, _custom_metadata(meta))
+                else:
+                    _handle_metadata(meta, self._t.on_log)
+        finally:
+            self._closed = True
+            self._get_reader = None
+            if not finished:
+                # Abandoned mid-stream: tear down the call so neither side waits on it.
+                reader.cancel()
+
+    # --- exchange -----------------------------------------------------------------------------
+
+    def _open_exchange(self) -> None:
+        descriptor = flight.FlightDescriptor.for_command(self._token)
+        try:
+            writer, reader = self._t.client.do_exchange(descriptor, self._t.options)
+            self._writer, self._reader = writer, reader
+            self._read_until(wire.KIND_READY)
+            writer.begin(self.input_schema)
+        except (flight.FlightError, pa.ArrowException) as exc:
+            self._fail()
+            raise wire.rpc_error_from_flight(exc) from None
+
+    def _read_until(self, kind: str) -> pa.RecordBatch:
+        assert self._reader is not None
+        while True:
+            try:
+                chunk = self._reader.read_chunk()
+            except StopIteration:
+                raise _protocol_error(f"server ended the stream while a '{kind}' message was expected") from None
+            meta = wire.parse_metadata(chunk.app_metadata)
+            got = meta.get("kind")
+            if got == kind:
+                if "token" in meta:
+                    self._token = wire.unb64(meta["token"], "token")
+                    self._seq = int(meta.get("seq", self._seq))
+                self._last_meta = meta
+                data: pa.RecordBatch = chunk.data
+                return data
+            _handle_metadata(meta, self._t.on_log)
+
+    def exchange(self, input: AnnotatedBatch) -> AnnotatedBatch:
+        """Send one batch and return the server's answer.
+
+        Raises:
+            RpcError: The server failed the turn, or the session is closed (``ProtocolError``).
+        """
+        if not self._exchange:
+            raise TypeError(f"'{self._method}' is a producer stream: iterate it instead")
+        if self._closed:
+            raise _protocol_error("exchange() called on a closed or cancelled stream")
+        if self._writer is None:
+            self._open_exchange()
+        assert self._writer is not None
+        try:
+            batch = conform_batch(input.batch, self.input_schema, "input batch")
+        except ValueError as exc:
+            raise RpcError("ValueError", str(exc), code=ErrorCode.INVALID_ARGUMENT) from None
+        try:
+            if input.custom_metadata:
+                custom = {k.decode(): v.decode() for k, v in input.custom_metadata.items()}
+                self._writer.write_with_metadata(batch, wire._json({"kind": wire.KIND_DATA, "metadata": custom}))
+            else:
+                self._writer.write_batch(batch)
+            data = self._read_until(wire.KIND_DATA)
+        except (flight.FlightError, pa.ArrowException) as exc:
+            self._fail()
+            raise wire.rpc_error_from_flight(exc) from None
+        except RpcError:
+            self._fail()
+            raise
+        return AnnotatedBatch(data, _custom_metadata(self._last_meta))
+
+    def _drain(self) -> None:
+        """Read the rest of the response (logs) until the server ends the call."""
+        assert self._reader is not None
+        while True:
+            try:
+                chunk = self._reader.read_chunk()
+            except StopIteration:
+                return
+            _handle_metadata(wire.parse_metadata(chunk.app_metadata), self._t.on_log)
+
+    def _fail(self) -> None:
+        self._closed = True
+        if self._reader is not None:
+            self._reader.cancel()
+        self._finish_call()
+
+    def _finish_call(self) -> None:
+        if self._writer is not None:
+            # The call already failed or was cancelled; its error was reported.
+            with contextlib.suppress(flight.FlightError, pa.ArrowException):
+                self._writer.close()
+        self._writer = self._reader = None
+
+    def close(self) -> None:
+        """Finish the stream normally (an exchange's half-close). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            try:
+                self._writer.done_writing()
+                self._drain()
+            except (flight.FlightError, pa.ArrowException) as exc:
+                raise wire.rpc_error_from_flight(exc) from None
+            finally:
+                self._finish_call()
+        elif self._get_reader is not None:
+            self._get_reader.cancel()
+
+    def cancel(self) -> None:
+        """Cancel the stream; when this returns the server has run ``on_cancel``. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._writer is not None:
+                self._writer.write_metadata(wire.CANCEL_METADATA)
+                self._writer.done_writing()
+                self._drain()
+                self._finish_call()
+                return
+            if self._get_reader is not None:
+                self._get_reader.cancel()
+            action = flight.Action(wire.CANCEL_ACTION, self._token)
+            for result in self._t.client.do_action(action, self._t.options):
+                _handle_metadata(wire.parse_metadata(result.body.to_pybytes()), self._t.on_log)
+        except (flight.FlightError, pa.ArrowException) as exc:
+            self._finish_call()
+            raise wire.rpc_error_from_flight(exc) from None
+
+    def __enter__(self) -> StreamSession:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        with contextlib.suppress(RpcError):  # the exception already propagating is the one that matters
+            self.close()
+
+
+class _Proxy:
+    """Dynamic proxy whose attributes are the Protocol's methods."""
+
+    def __init__(self, service: ServiceDescription, transport: _Transport) -> None:
+        self._service = service
+        self._t = transport
+        self._callers: dict[str, Callable[..., Any]] = {}
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        caller = self._callers.get(name)
+        if caller is not None:
+            return caller
+        desc = self._service.methods.get(name)
+        if desc is None:
+            raise AttributeError(f"{self._service.name} has no RPC method '{name}'")
+        caller = self._unary_caller(desc) if desc.kind is MethodKind.UNARY else self._stream_caller(desc)
+        caller.__name__ = name
+        caller.__doc__ = desc.doc
+        self._callers[name] = caller
+        return caller
+
+    def __dir__(self) -> list[str]:
+        return sorted(self._service.methods)
+
+    def __repr__(self) -> str:
+        return f"<{self._service.name} proxy>"
+
+    def _unary_caller(self, desc: MethodDescription) -> Callable[..., Any]:
+        t = self._t
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if args:
+                raise TypeError(f"{desc.name}() takes keyword arguments only")
+            action = flight.Action(desc.name, wire.ipc_bytes(encode_params(desc, kwargs)))
+            result: pa.RecordBatch | None = None
+            try:
+                for item in t.client.do_action(action, t.options):
+                    body = item.body.to_pybytes()
+                    if body[:1] == b"{":
+                        _handle_metadata(wire.parse_metadata(body), t.on_log)
+                    else:
+                        result = wire.read_single_batch(body, "result")
+            except (flight.FlightError, pa.ArrowException) as exc:
+                raise wire.rpc_error_from_flight(exc) from None
+            if result is None:
+                raise _protocol_error(f"{desc.name}() returned no result message")
+            if desc.result_codec is None:
+                return None
+            return desc.result_codec.from_arrow(result.column(0)[0].as_py())
+
+        return call
+
+    def _stream_caller(self, desc: MethodDescription) -> Callable[..., StreamSession]:
+        t = self._t
+
+        def call(*args: Any, **kwargs: Any) -> StreamSession:
+            if args:
+                raise TypeError(f"{desc.name}() takes keyword arguments only")
+            request = wire.encode_call(desc.name, encode_params(desc, kwargs))
+            try:
+                info = t.client.get_flight_info(flight.FlightDescriptor.for_command(request), t.options)
+            except (flight.FlightError, pa.ArrowException) as exc:
+                raise wire.rpc_error_from_flight(exc) from None
+            meta = wire.parse_metadata(info.app_metadata)
+            for entry in meta.get("logs", ()):
+                t.on_log(wire.message_from_json(entry))
+            header: ArrowSerializableDataclass | None = None
+            if "header" in meta and desc.header_type is not None:
+                header = desc.header_type.deserialize_from_bytes(wire.unb64(meta["header"], "header"))
+            return StreamSession(
+                t,
+                method=desc.name,
+                exchange=meta.get("kind") == "exchange",
+                token=info.endpoints[0].ticket.ticket,
+                seq=int(meta.get("seq", 0)),
+                output_schema=info.schema,
+                input_schema=wire.read_schema(wire.unb64(meta.get("input_schema"), "input_schema"), "input schema"),
+                header=header,
+            )
+
+        return call
+
+
+def encode_params(desc: MethodDescription, kwargs: dict[str, Any]) -> pa.RecordBatch:
+    """Build the one-row parameter batch, merging defaults and checking arguments client-side.
+
+    Raises:
+        TypeError: Unknown or missing parameter, ``None`` for a non-Optional one, or a value of the wrong type.
+    """
+    unknown = [k for k in kwargs if k not in desc.param_by_name]
+    if unknown:
+        raise TypeError(f"{desc.name}() got unexpected keyword argument(s) {unknown}")
+    arrays = []
+    for param in desc.params:
+        if param.name in kwargs:
+            value = kwargs[param.name]
+        elif not param.required:
+            value = param.default
+        else:
+            raise TypeError(f"{desc.name}() missing required keyword argument '{param.name}'")
+        if value is None and not param.codec.nullable:
+            raise TypeError(f"parameter '{param.name}' is not optional but got None")
+        try:
+            arrays.append(pa.array([param.codec.to_arrow(value)], type=param.codec.arrow_type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:
+            raise TypeError(f"parameter '{param.name}' of {desc.name}(): {exc}") from None
+    if not arrays:
+        return pa.RecordBatch.from_pydict({})
+    return pa.RecordBatch.from_arrays(arrays, schema=desc.params_schema)
+
+
+class RpcConnection(Generic[P]):
+    """A connection to a vgi-flight server; entering it yields the typed proxy."""
+
+    def __init__(
+        self, protocol: Callable[..., P], client: flight.FlightClient, options: flight.FlightCallOptions, on_log: OnLog
+    ) -> None:
+        """Wrap a Flight client (use :func:`connect`)."""
+        self._transport = _Transport(client, options, on_log)
+        self._proxy = cast(P, _Proxy(describe_protocol(cast(type, protocol)), self._transport))
+
+    @property
+    def proxy(self) -> P:
+        """The object whose methods are the Protocol's."""
+        return self._proxy
+
+    def close(self) -> None:
+        """Close the connection; open streams are torn down."""
+        self._transport.close()
+
+    def __enter__(self) -> P:
+        return self._proxy
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _flight_client(
+    location: str,
+    *,
+    tls_root_certs: bytes | None,
+    cert_chain: bytes | None,
+    private_key: bytes | None,
+    override_hostname: str | None,
+) -> flight.FlightClient:
+    kwargs: dict[str, Any] = {}
+    if tls_root_certs is not None:
+        kwargs["tls_root_certs"] = tls_root_certs
+    if cert_chain is not None:
+        kwargs["cert_chain"] = cert_chain
+        kwargs["private_key"] = private_key
+    if override_hostname is not None:
+        kwargs["override_hostname"] = override_hostname
+    return flight.FlightClient(location, **kwargs)
+
+
+def connect(
+    protocol: Callable[..., P],
+    location: str,
+    *,
+    on_log: OnLog | None = None,
+    timeout: float | None = None,
+    tls_root_certs: bytes | None = None,
+    cert_chain: bytes | None = None,
+    private_key: bytes | None = None,
+    override_hostname: str | None = None,
+) -> RpcConnection[P]:
+    """Connect to a vgi-flight server.
+
+    Use as ``with connect(Calculator, "grpc://127.0.0.1:8815") as calc: calc.add(a=1, b=2)``.
+
+    Args:
+        protocol: The service Protocol class (typed as a callable so that mypy accepts a Protocol
+            class here and infers the proxy's type from it).
+        location: ``grpc://host:port``, ``grpc+tls://host:port`` or ``grpc+unix:///path``.
+        on_log: Receives every log message the service emits, in order.
+        timeout: Per-call deadline in seconds.
+        tls_root_certs: PEM CA bundle to verify the server.
+        cert_chain: PEM client certificate (mTLS).
+        private_key: PEM key of the client certificate.
+        override_hostname: Name to verify the server certificate against.
+
+    Returns:
+        A connection; entering it yields the typed proxy.
+    """
+    client = _flight_client(
+        location,
+        tls_root_certs=tls_root_certs,
+        cert_chain=cert_chain,
+        private_key=private_key,
+        override_hostname=override_hostname,
+    )
+    options = flight.FlightCallOptions(timeout=timeout)
+    return RpcConnection(protocol, client, options, on_log or _default_on_log)
+
+
+def introspect(
+    location: str,
+    *,
+    timeout: float | None = None,
+    tls_root_certs: bytes | None = None,
+    cert_chain: bytes | None = None,
+    private_key: bytes | None = None,
+) -> ServiceDescription:
+    """Ask a server to describe its service (the ``__describe__`` action).
+
+    Remote descriptions carry names, kinds, docs, schemas and defaults; not Python type hints.
+    """
+    client = _flight_client(
+        location, tls_root_certs=tls_root_certs, cert_chain=cert_chain, private_key=private_key, override_hostname=None
+    )
+    try:
+        results = list(
+            client.do_action(flight.Action(wire.DESCRIBE_ACTION, b""), flight.FlightCallOptions(timeout=timeout))
+        )
+    except (flight.FlightError, pa.ArrowException) as exc:
+        raise wire.rpc_error_from_flight(exc) from None
+    finally:
+        client.close()
+    batch = wire.read_single_batch(results[-1].body, "service description")
+    meta = batch.schema.metadata or {}
+    methods: dict[str, MethodDescription] = {}
+    for row in batch.to_pylist():
+        defaults: dict[str, Any] = {}
+        if row["defaults"] is not None:
+            defaults = wire.read_single_batch(row["defaults"], "defaults").to_pylist()[0]
+        methods[row["name"]] = MethodDescription(
+            name=row["name"],
+            kind=MethodKind(row["kind"]),
+            doc=row["doc"],
+            params=(),
+            params_schema=wire.read_schema(row["params_schema"], "params schema"),
+            result_hint=None,
+            result_schema=wire.read_schema(row["result_schema"], "result schema"),
+            header_schema=wire.read_schema(row["header_schema"], "header schema") if row["header_schema"] else None,
+            defaults=defaults,
+        )
+    return ServiceDescription(
+        name=meta.get(b"vgi.protocol", b"").decode(), doc=meta.get(b"vgi.doc", b"").decode(), methods=methods
+    )

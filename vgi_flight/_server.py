@@ -1,0 +1,732 @@
+"""``RpcServer``: serves a Protocol implementation over Arrow Flight.
+
+Flight mapping: unary methods are ``DoAction`` (action type = method name); a stream call starts
+with ``GetFlightInfo`` (or a single-call ``DoGet``/``DoExchange``); producers stream over
+``DoGet``; exchanges over ``DoExchange``. Every exception is converted to a Flight status at this
+boundary: nothing reaches pyarrow unconverted, so no server traceback leaks unless enabled.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from vgi_flight import _wire as wire
+from vgi_flight._arrow_types import ArrowSerializableDataclass
+from vgi_flight._context import AuthContext, CallContext
+from vgi_flight._errors import ErrorCode, RpcError
+from vgi_flight._log import Message
+from vgi_flight._service import BoundMethod, MethodDescription, MethodKind, bind_implementation, describe_protocol
+from vgi_flight._streams import EMPTY_SCHEMA, AnnotatedBatch, OutputCollector, Stream, StreamState, conform_batch
+from vgi_flight._tokens import (
+    DEFAULT_MAX_TOKEN_BYTES,
+    KeyRing,
+    StreamBinding,
+    StreamSigner,
+    TokenError,
+    new_stream_id,
+    verify_token,
+)
+
+log = logging.getLogger("vgi_flight.server")
+
+_TICK = AnnotatedBatch(pa.RecordBatch.from_pydict({}))
+
+
+class RequestRejectedError(Exception):
+    """A request was refused by the framework (bad input, unknown method, ...)."""
+
+    def __init__(self, code: ErrorCode, message: str, error_type: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.error_type = error_type or _DEFAULT_TYPE.get(code, "RpcError")
+
+
+_DEFAULT_TYPE = {
+    ErrorCode.INVALID_ARGUMENT: "InvalidArgument",
+    ErrorCode.UNIMPLEMENTED: "UnknownMethod",
+    ErrorCode.UNAUTHENTICATED: "Unauthenticated",
+    ErrorCode.PERMISSION_DENIED: "PermissionDenied",
+    ErrorCode.FAILED_PRECONDITION: "ProtocolError",
+    ErrorCode.RESOURCE_EXHAUSTED: "ResourceExhausted",
+    ErrorCode.INTERNAL: "InternalError",
+}
+
+# Exceptions a service raises that map to a specific code rather than UNKNOWN.
+_CODE_FOR_EXCEPTION: tuple[tuple[type[BaseException], ErrorCode], ...] = (
+    (PermissionError, ErrorCode.PERMISSION_DENIED),
+    (NotImplementedError, ErrorCode.UNIMPLEMENTED),
+    (TimeoutError, ErrorCode.DEADLINE_EXCEEDED),
+)
+
+
+def _state_class_path(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+@dataclass
+class _LiveStream:
+    """A stream open on this server: its state lives here between turns."""
+
+    state: StreamState
+    output_schema: pa.Schema
+    input_schema: pa.Schema
+    exchange: bool
+    signer: StreamSigner
+    ctx: CallContext
+    seq: int = 0
+    header: bytes | None = None
+    init_logs: list[Message] = field(default_factory=list)
+    cancelled: bool = False
+    _empty: pa.RecordBatch | None = None
+
+    @property
+    def empty_batch(self) -> pa.RecordBatch:
+        """Zero-row batch of the output schema, used to carry metadata-only messages."""
+        if self._empty is None:
+            self._empty = pa.RecordBatch.from_pylist([], schema=self.output_schema)
+        return self._empty
+
+    def token(self) -> bytes:
+        """Mint a token for the current position."""
+        return self.signer.mint(self.seq, self.state.serialize_to_bytes())
+
+    def turn(self, input: AnnotatedBatch) -> OutputCollector:
+        """Run one ``process`` call and check it kept the stream's rules."""
+        out = OutputCollector(self.output_schema, producer=not self.exchange)
+        self.ctx._log_sink = out.emit_client_log_message
+        self.state.process(input, out, self.ctx)
+        if out.data is not None:
+            self.seq += 1
+        elif self.exchange:
+            raise RequestRejectedError(
+                ErrorCode.INTERNAL, "exchange() must emit exactly one batch per input", "ProtocolError"
+            )
+        elif not out.finished:
+            raise RequestRejectedError(
+                ErrorCode.INTERNAL, "produce() must emit a batch or call out.finish()", "ProtocolError"
+            )
+        return out
+
+    def cancel(self) -> list[Message]:
+        """Run ``on_cancel`` once; return the logs it emitted."""
+        logs: list[Message] = []
+        if not self.cancelled:
+            self.cancelled = True
+            self.ctx._log_sink = logs.append
+            self.state.on_cancel(self.ctx)
+        return logs
+
+
+class _Dispatcher:
+    """Request handling shared by every Flight method, independent of pyarrow's server class."""
+
+    def __init__(
+        self,
+        protocol: type,
+        implementation: object,
+        *,
+        keys: KeyRing,
+        token_ttl: float | None,
+        max_token_bytes: int,
+        send_tracebacks: bool,
+    ) -> None:
+        self.service = describe_protocol(protocol)
+        self.methods: dict[str, BoundMethod] = bind_implementation(self.service, implementation)
+        self.implementation = implementation
+        self.keys = keys
+        self.token_ttl = token_ttl
+        self.max_token_bytes = max_token_bytes
+        self.send_tracebacks = send_tracebacks
+        self._state_classes: dict[str, type[StreamState]] = {}
+        self._describe_bytes: bytes | None = None
+
+    # --- errors -------------------------------------------------------------------------------
+
+    def to_flight_error(self, exc: BaseException, where: str) -> flight.FlightError:
+        """Convert any exception into the FlightError that reports it."""
+        if isinstance(exc, flight.FlightError) and str(exc).startswith(wire.ERROR_MARKER):
+            return exc  # already converted further down the stack
+        tb = "".join(traceback.format_exception(exc)) if self.send_tracebacks else ""
+        if isinstance(exc, RequestRejectedError):
+            log.info("%s refused: %s %s", where, exc.code.value, exc.message)
+            return wire.error_status(exc.code, exc.error_type, exc.message, tb)
+        if isinstance(exc, RpcError):
+            return wire.error_status(exc.code, exc.error_type, exc.error_message, tb or exc.remote_traceback)
+        if isinstance(exc, TokenError):
+            return wire.error_status(ErrorCode.UNAUTHENTICATED, "TokenError", str(exc), tb)
+        if isinstance(exc, wire.WireError):
+            return wire.error_status(ErrorCode.INVALID_ARGUMENT, "WireError", str(exc), tb)
+        if isinstance(exc, flight.FlightError):
+            return wire.error_status(ErrorCode.UNKNOWN, type(exc).__name__, str(exc).split(". Detail:")[0], tb)
+        code = next((c for t, c in _CODE_FOR_EXCEPTION if isinstance(exc, t)), ErrorCode.UNKNOWN)
+        log.info("%s raised %s: %s", where, type(exc).__name__, exc, exc_info=exc)
+        return wire.error_status(code, type(exc).__name__, str(exc), tb)
+
+    # --- calls --------------------------------------------------------------------------------
+
+    def auth_for(self, context: flight.ServerCallContext) -> AuthContext:
+        """Identify the caller of a Flight call."""
+        peer = context.peer_identity()
+        if peer:
+            return AuthContext(domain="mtls", authenticated=True, principal=peer.decode("utf-8", "replace"))
+        return AuthContext.anonymous()
+
+    def new_context(
+        self, context: flight.ServerCallContext, method: str, sink: Callable[[Message], None]
+    ) -> CallContext:
+        """Build the CallContext for one call."""
+        return CallContext(
+            auth=self.auth_for(context),
+            method=method,
+            request_id=os.urandom(8).hex(),
+            log_sink=sink,
+            cancelled=context.is_cancelled,
+            transport_metadata={"peer": context.peer()},
+        )
+
+    def lookup(self, name: str, kind: MethodKind) -> BoundMethod:
+        """Find a method of the expected kind."""
+        bound = self.methods.get(name)
+        if bound is None:
+            raise RequestRejectedError(ErrorCode.UNIMPLEMENTED, f"{self.service.name} has no RPC method '{name}'")
+        if bound.description.kind is not kind:
+            hint = (
+                "call it with DoAction" if bound.description.kind is MethodKind.UNARY else "start it with GetFlightInfo"
+            )
+            raise RequestRejectedError(
+                ErrorCode.INVALID_ARGUMENT, f"'{name}' is a {bound.description.kind.value} method: {hint}"
+            )
+        return bound
+
+    def decode_params(self, desc: MethodDescription, batch: pa.RecordBatch | None) -> dict[str, Any]:
+        """Turn a one-row parameter batch into keyword arguments, applying defaults."""
+        kwargs: dict[str, Any] = {}
+        names: list[str] = batch.schema.names if batch is not None else []
+        unknown = [n for n in names if n not in desc.param_by_name]
+        if unknown:
+            raise RequestRejectedError(
+                ErrorCode.INVALID_ARGUMENT, f"{desc.name}() got unexpected parameter(s) {unknown}"
+            )
+        if batch is not None and names and batch.num_rows != 1:
+            raise RequestRejectedError(
+                ErrorCode.INVALID_ARGUMENT, f"parameter batch must have one row, got {batch.num_rows}"
+            )
+        for param in desc.params:
+            if param.name not in names:
+                if param.required:
+                    raise RequestRejectedError(
+                        ErrorCode.INVALID_ARGUMENT, f"{desc.name}() missing parameter '{param.name}'"
+                    )
+                kwargs[param.name] = param.default
+                continue
+            assert batch is not None
+            column = batch.column(param.name)
+            if column.type != param.codec.arrow_type:
+                try:
+                    column = column.cast(param.codec.arrow_type, safe=True)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                    raise RequestRejectedError(
+                        ErrorCode.INVALID_ARGUMENT,
+                        f"parameter '{param.name}' has type {column.type}, expected {param.codec.arrow_type}",
+                    ) from None
+            try:
+                value = param.codec.from_arrow(column[0].as_py())
+            except (ValueError, TypeError, KeyError) as exc:
+                raise RequestRejectedError(ErrorCode.INVALID_ARGUMENT, f"parameter '{param.name}': {exc}") from None
+            if value is None and not param.codec.nullable:
+                raise RequestRejectedError(
+                    ErrorCode.INVALID_ARGUMENT, f"parameter '{param.name}' is not optional but got None", "TypeError"
+                )
+            kwargs[param.name] = value
+        return kwargs
+
+    def call_unary(self, context: flight.ServerCallContext, name: str, body: bytes) -> list[bytes]:
+        """Serve a unary DoAction; return the Result bodies (log JSON objects, then the value)."""
+        bound = self.lookup(name, MethodKind.UNARY)
+        desc = bound.description
+        batch = wire.read_single_batch(body, "action body") if body else None
+        kwargs = self.decode_params(desc, batch)
+        logs: list[Message] = []
+        if bound.takes_ctx:
+            kwargs["ctx"] = self.new_context(context, name, logs.append)
+        result = bound.call(**kwargs)
+        out = [wire.log_json(m) for m in logs]
+        out.append(wire.ipc_bytes(self.encode_result(desc, result)))
+        return out
+
+    def encode_result(self, desc: MethodDescription, result: object) -> pa.RecordBatch:
+        """Build the ``{result: T}`` batch (or the empty batch for a void method)."""
+        codec = desc.result_codec
+        if codec is None:
+            return pa.RecordBatch.from_pydict({})
+        if result is None and not codec.nullable:
+            raise RequestRejectedError(
+                ErrorCode.INTERNAL, f"{desc.name}() returned None but its result is not Optional"
+            )
+        try:
+            array = pa.array([codec.to_arrow(result)], type=codec.arrow_type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:
+            raise RequestRejectedError(
+                ErrorCode.INTERNAL, f"{desc.name}() returned a value that does not fit its type: {exc}"
+            ) from None
+        return pa.RecordBatch.from_arrays([array], schema=desc.result_schema)
+
+    # --- streams ------------------------------------------------------------------------------
+
+    def open_stream(self, context: flight.ServerCallContext, request: bytes) -> _LiveStream:
+        """Run a stream method from a call request and hold its state."""
+        name, params = wire.decode_call(request)
+        bound = self.lookup(name, MethodKind.STREAM)
+        kwargs = self.decode_params(bound.description, params)
+        logs: list[Message] = []
+        ctx = self.new_context(context, name, logs.append)
+        if bound.takes_ctx:
+            kwargs["ctx"] = ctx
+        stream = bound.call(**kwargs)
+        if not isinstance(stream, Stream):
+            raise RequestRejectedError(
+                ErrorCode.INTERNAL, f"{name}() must return a Stream, returned {type(stream).__name__}"
+            )
+        state = stream.state
+        if not isinstance(state, StreamState):
+            raise RequestRejectedError(
+                ErrorCode.INTERNAL, f"{name}() returned a Stream whose state is not a StreamState"
+            )
+        header = stream.header
+        if header is not None and not isinstance(header, ArrowSerializableDataclass):
+            raise RequestRejectedError(
+                ErrorCode.INTERNAL, f"{name}() returned a header that is not an ArrowSerializableDataclass"
+            )
+        cls_path = _state_class_path(type(state))
+        self._state_classes[cls_path] = type(state)
+        input_schema = stream.input_schema if stream.is_exchange else EMPTY_SCHEMA
+        binding = StreamBinding(
+            stream_id=new_stream_id(),
+            method=name,
+            principal=ctx.auth.principal or "",
+            state_class=cls_path,
+            output_schema=wire.schema_bytes(stream.output_schema),
+            input_schema=wire.schema_bytes(input_schema),
+        )
+        return _LiveStream(
+            state=state,
+            output_schema=stream.output_schema,
+            input_schema=input_schema,
+            exchange=stream.is_exchange,
+            signer=StreamSigner(self.keys, binding, self.token_ttl),
+            ctx=ctx,
+            header=header.serialize_to_bytes() if header is not None else None,
+            init_logs=logs,
+        )
+
+    def resume_stream(self, context: flight.ServerCallContext, token: bytes) -> _LiveStream:
+        """Rebuild a stream from a signed token minted by any replica sharing the key."""
+        verified = verify_token(self.keys, token, max_bytes=self.max_token_bytes)
+        binding = verified.binding
+        bound = self.lookup(binding.method, MethodKind.STREAM)
+        ctx = self.new_context(context, bound.description.name, lambda _m: None)
+        if binding.principal != (ctx.auth.principal or ""):
+            raise RequestRejectedError(ErrorCode.PERMISSION_DENIED, "this stream token belongs to another principal")
+        cls = self._resolve_state_class(binding.state_class)
+        try:
+            state = cls.deserialize_from_bytes(verified.state)
+        except ValueError as exc:
+            raise RequestRejectedError(
+                ErrorCode.INVALID_ARGUMENT, f"stream state could not be restored: {exc}"
+            ) from None
+        input_schema = wire.read_schema(binding.input_schema, "token input schema")
+        return _LiveStream(
+            state=state,
+            output_schema=wire.read_schema(binding.output_schema, "token output schema"),
+            input_schema=input_schema,
+            exchange=len(input_schema) > 0 or _is_exchange_class(cls),
+            signer=StreamSigner(self.keys, binding, self.token_ttl),
+            ctx=ctx,
+            seq=verified.seq,
+        )
+
+    def _resolve_state_class(self, path: str) -> type[StreamState]:
+        cls = self._state_classes.get(path)
+        if cls is not None:
+            return cls
+        module_name, _, qualname = path.partition(":")
+        try:
+            obj: Any = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError):
+            raise RequestRejectedError(
+                ErrorCode.FAILED_PRECONDITION, f"state class {path} is not importable on this server", "ResumeError"
+            ) from None
+        if not (isinstance(obj, type) and issubclass(obj, StreamState)):
+            raise RequestRejectedError(ErrorCode.INVALID_ARGUMENT, f"{path} is not a StreamState class")
+        self._state_classes[path] = obj
+        return obj
+
+    def stream_from(
+        self, context: flight.ServerCallContext, data: bytes, *, exchange: bool
+    ) -> tuple[_LiveStream, list[bytes]]:
+        """Open (call request) or resume (token) a stream; return it and its opening messages' metadata."""
+        if wire.is_token(data):
+            live = self.resume_stream(context, data)
+            prelude = [wire.ready_metadata(live.token(), live.seq, None)]
+        else:
+            live = self.open_stream(context, data)
+            prelude = [wire.log_json(m) for m in live.init_logs]
+            prelude.append(wire.ready_metadata(live.token(), live.seq, live.header))
+        if live.exchange != exchange:
+            if live.exchange:
+                raise RequestRejectedError(
+                    ErrorCode.INVALID_ARGUMENT, f"'{live.ctx.method}' is an exchange stream: use DoExchange"
+                )
+            raise RequestRejectedError(
+                ErrorCode.INVALID_ARGUMENT, f"'{live.ctx.method}' is a producer stream: use DoGet"
+            )
+        return live, prelude
+
+    def cancel_from_token(self, context: flight.ServerCallContext, token: bytes) -> list[bytes]:
+        """Serve the ``__cancel__`` action: run ``on_cancel`` on the state a token carries."""
+        live = self.resume_stream(context, token)
+        return [wire.log_json(m) for m in live.cancel()]
+
+    def describe_bytes(self) -> bytes:
+        """The ``__describe__`` result: one row per method (see the wire protocol)."""
+        if self._describe_bytes is None:
+            rows: dict[str, list[Any]] = {
+                k: []
+                for k in (
+                    "name",
+                    "kind",
+                    "doc",
+                    "params_schema",
+                    "result_schema",
+                    "has_header",
+                    "header_schema",
+                    "defaults",
+                )
+            }
+            for desc in self.service.methods.values():
+                rows["name"].append(desc.name)
+                rows["kind"].append(desc.kind.value)
+                rows["doc"].append(desc.doc)
+                rows["params_schema"].append(wire.schema_bytes(desc.params_schema))
+                rows["result_schema"].append(wire.schema_bytes(desc.result_schema))
+                rows["has_header"].append(desc.has_header)
+                rows["header_schema"].append(wire.schema_bytes(desc.header_schema) if desc.header_schema else None)
+                defaults = [p for p in desc.params if not p.required]
+                rows["defaults"].append(
+                    wire.ipc_bytes(
+                        pa.RecordBatch.from_arrays(
+                            [pa.array([p.codec.to_arrow(p.default)], type=p.codec.arrow_type) for p in defaults],
+                            schema=pa.schema([p.codec.field(p.name) for p in defaults]),
+                        )
+                    )
+                    if defaults
+                    else None
+                )
+            schema = pa.schema(
+                [
+                    ("name", pa.utf8()),
+                    ("kind", pa.utf8()),
+                    ("doc", pa.utf8()),
+                    ("params_schema", pa.binary()),
+                    ("result_schema", pa.binary()),
+                    ("has_header", pa.bool_()),
+                    ("header_schema", pa.binary()),
+                    ("defaults", pa.binary()),
+                ],
+                metadata={
+                    b"vgi.protocol": self.service.name.encode(),
+                    b"vgi.doc": self.service.doc.encode(),
+                    wire.VERSION_KEY: wire.PROTOCOL_VERSION.encode(),
+                },
+            )
+            self._describe_bytes = wire.ipc_bytes(pa.RecordBatch.from_pydict(rows, schema=schema))
+        return self._describe_bytes
+
+
+def _is_exchange_class(cls: type) -> bool:
+    from vgi_flight._streams import ExchangeState
+
+    return issubclass(cls, ExchangeState)
+
+
+class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow ships no type stubs
+    """pyarrow's server class, delegating to the dispatcher and converting every error."""
+
+    def __init__(self, dispatcher: _Dispatcher, location: str, **kwargs: Any) -> None:
+        super().__init__(location, **kwargs)
+        self._d = dispatcher
+
+    def list_flights(self, context: flight.ServerCallContext, criteria: bytes) -> Iterator[flight.FlightInfo]:
+        return iter(())
+
+    def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
+        actions = []
+        for name, bound in self._d.methods.items():
+            desc = bound.description
+            summary = desc.doc.split("\n", 1)[0]
+            how = "DoAction" if desc.kind is MethodKind.UNARY else "GetFlightInfo/DoGet/DoExchange"
+            actions.append((name, f"{desc.kind.value} ({how}): {summary}".rstrip(": ")))
+        actions.append((wire.DESCRIBE_ACTION, "Describe the service: methods, kinds and schemas (Arrow IPC)"))
+        actions.append((wire.CANCEL_ACTION, "Cancel a stream: body is its latest state token"))
+        actions.append((wire.HEALTH_ACTION, "Report serving status"))
+        return actions
+
+    def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
+        name = action.type
+        try:
+            body = action.body.to_pybytes() if action.body is not None else b""
+            if name == wire.DESCRIBE_ACTION:
+                return iter([self._d.describe_bytes()])
+            if name == wire.HEALTH_ACTION:
+                return iter([b'{"status":"SERVING"}'])
+            if name == wire.CANCEL_ACTION:
+                return iter(self._d.cancel_from_token(context, body))
+            return iter(self._d.call_unary(context, name, body))
+        except Exception as exc:
+            raise self._d.to_flight_error(exc, f"DoAction {name}") from None
+
+    def get_flight_info(
+        self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
+    ) -> flight.FlightInfo:
+        try:
+            request = _command_of(descriptor)
+            if wire.is_token(request):
+                raise RequestRejectedError(
+                    ErrorCode.INVALID_ARGUMENT, "GetFlightInfo takes a call request, not a token"
+                )
+            live = self._d.open_stream(context, request)
+            metadata = wire.stream_info_metadata(
+                exchange=live.exchange,
+                input_schema=wire.schema_bytes(live.input_schema),
+                header=live.header,
+                logs=live.init_logs,
+                seq=live.seq,
+            )
+            endpoint = flight.FlightEndpoint(live.token(), [])
+            return flight.FlightInfo(live.output_schema, descriptor, [endpoint], -1, -1, app_metadata=metadata)
+        except Exception as exc:
+            raise self._d.to_flight_error(exc, "GetFlightInfo") from None
+
+    def get_schema(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor) -> flight.SchemaResult:
+        try:
+            request = _command_of(descriptor)
+            name, _ = wire.decode_call(request)
+            bound = self._d.methods.get(name)
+            if bound is not None and bound.description.kind is MethodKind.UNARY:
+                return flight.SchemaResult(bound.description.result_schema)
+            return flight.SchemaResult(self._d.open_stream(context, request).output_schema)
+        except Exception as exc:
+            raise self._d.to_flight_error(exc, "GetSchema") from None
+
+    def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.GeneratorStream:
+        try:
+            live, prelude = self._d.stream_from(context, ticket.ticket, exchange=False)
+        except Exception as exc:
+            raise self._d.to_flight_error(exc, "DoGet") from None
+        return flight.GeneratorStream(live.output_schema, self._produce(context, live, prelude))
+
+    def _produce(
+        self, context: flight.ServerCallContext, live: _LiveStream, prelude: list[bytes]
+    ) -> Iterator[tuple[pa.RecordBatch, bytes]]:
+        empty = live.empty_batch
+        try:
+            for metadata in prelude:
+                yield empty, metadata
+            while not context.is_cancelled():
+                out = live.turn(_TICK)
+                for msg in out.logs:
+                    yield empty, wire.log_json(msg)
+                data = out.data
+                if data is not None:
+                    yield data.batch, wire.data_metadata(live.token(), live.seq, data.custom_metadata)
+                if out.finished:
+                    return
+        except Exception as exc:
+            raise self._d.to_flight_error(exc, f"DoGet {live.ctx.method}") from None
+
+    def do_exchange(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.MetadataRecordBatchWriter,
+    ) -> None:
+        where = "DoExchange"
+        try:
+            live, prelude = self._d.stream_from(context, _command_of(descriptor), exchange=True)
+            where = f"DoExchange {live.ctx.method}"
+            empty = live.empty_batch
+            writer.begin(live.output_schema)
+            for metadata in prelude:
+                writer.write_with_metadata(empty, metadata)
+            while True:
+                try:
+                    chunk = reader.read_chunk()
+                except StopIteration:
+                    return
+                batch = chunk.data
+                if batch is None:
+                    control = wire.parse_metadata(chunk.app_metadata)
+                    if control.get("kind") == wire.KIND_CANCEL:
+                        for msg in live.cancel():
+                            writer.write_with_metadata(empty, wire.log_json(msg))
+                        return
+                    raise RequestRejectedError(
+                        ErrorCode.INVALID_ARGUMENT, f"unexpected control message {control.get('kind')!r}"
+                    )
+                try:
+                    batch = conform_batch(batch, live.input_schema, "input batch")
+                except ValueError as exc:
+                    raise RequestRejectedError(ErrorCode.INVALID_ARGUMENT, str(exc)) from None
+                custom = wire.parse_metadata(chunk.app_metadata).get("metadata")
+                meta = pa.KeyValueMetadata(custom) if isinstance(custom, dict) and custom else None
+                out = live.turn(AnnotatedBatch(batch, meta))
+                for msg in out.logs:
+                    writer.write_with_metadata(empty, wire.log_json(msg))
+                assert out.data is not None
+                writer.write_with_metadata(
+                    out.data.batch, wire.data_metadata(live.token(), live.seq, out.data.custom_metadata)
+                )
+        except Exception as exc:
+            if context.is_cancelled():
+                log.debug("%s: client went away", where)
+                return
+            raise self._d.to_flight_error(exc, where) from None
+
+
+def _command_of(descriptor: flight.FlightDescriptor) -> bytes:
+    if descriptor.descriptor_type != flight.DescriptorType.CMD:
+        raise RequestRejectedError(
+            ErrorCode.INVALID_ARGUMENT, "vgi-flight descriptors are commands (call requests or tokens)"
+        )
+    command: bytes = descriptor.command
+    return command
+
+
+class RpcServer:
+    """Serve a Protocol implementation over Arrow Flight.
+
+    Example:
+        >>> server = RpcServer(Calculator, CalculatorImpl(), location="grpc://127.0.0.1:0")  # doctest: +SKIP
+        >>> server.location  # doctest: +SKIP
+        'grpc://127.0.0.1:40123'
+    """
+
+    def __init__(
+        self,
+        protocol: type,
+        implementation: object,
+        location: str = "grpc://127.0.0.1:0",
+        *,
+        token_key: bytes | KeyRing | None = None,
+        token_ttl: float | None = None,
+        max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
+        send_tracebacks: bool = False,
+        tls_certificates: list[tuple[bytes, bytes]] | None = None,
+        verify_client: bool = False,
+        root_certificates: bytes | None = None,
+    ) -> None:
+        """Build (and bind) the server; call :meth:`serve` to block or use it as a context manager.
+
+        Args:
+            protocol: The service Protocol class.
+            implementation: An object implementing every Protocol method.
+            location: ``grpc://host:port`` (port 0 picks a free port), ``grpc+tls://…`` or ``grpc+unix://path``.
+            token_key: Secret (or :class:`KeyRing`) for signing stream state tokens. Replicas that
+                resume each other's streams must share it. Without one a random key is used and
+                tokens do not survive the process.
+            token_ttl: Lifetime of state tokens in seconds (``None``: no expiry).
+            max_token_bytes: Largest token accepted.
+            send_tracebacks: Send server tracebacks to clients (development only).
+            tls_certificates: ``[(cert_pem, key_pem)]`` to serve TLS.
+            verify_client: Require client certificates signed by ``root_certificates`` (mTLS).
+            root_certificates: PEM CA bundle for verifying client certificates.
+
+        Raises:
+            TypeError: The implementation does not fit the Protocol.
+        """
+        if token_key is None:
+            log.warning("no token key given: using a random per-process key; streams cannot resume on other replicas")
+            keys = KeyRing.random()
+        elif isinstance(token_key, KeyRing):
+            keys = token_key
+        else:
+            keys = KeyRing.single(token_key)
+        self._dispatcher = _Dispatcher(
+            protocol,
+            implementation,
+            keys=keys,
+            token_ttl=token_ttl,
+            max_token_bytes=max_token_bytes,
+            send_tracebacks=send_tracebacks,
+        )
+        kwargs: dict[str, Any] = {}
+        if tls_certificates:
+            kwargs["tls_certificates"] = tls_certificates
+            kwargs["verify_client"] = verify_client
+            if root_certificates is not None:
+                kwargs["root_certificates"] = root_certificates
+        self._server = _FlightService(self._dispatcher, location, **kwargs)
+        self._location = _bound_location(location, self._server.port)
+        self._serving: threading.Thread | None = None
+        self._shutdown_lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def location(self) -> str:
+        """The location clients connect to (with the real port when 0 was asked for)."""
+        return self._location
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (non-positive for Unix sockets)."""
+        port: int = self._server.port
+        return port
+
+    def serve(self) -> None:
+        """Block until :meth:`shutdown` (or SIGINT/SIGTERM)."""
+        self._server.serve()
+
+    def start(self) -> RpcServer:
+        """Serve in a background thread and return ``self``."""
+        if self._serving is None:
+            self._serving = threading.Thread(target=self.serve, name="vgi-flight-server", daemon=True)
+            self._serving.start()
+        return self
+
+    def shutdown(self) -> None:
+        """Stop accepting calls and wait for in-flight calls to finish."""
+        with self._shutdown_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._server.shutdown()
+        if self._serving is not None:
+            self._serving.join()
+
+    def __enter__(self) -> RpcServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+def _bound_location(location: str, port: int) -> str:
+    scheme, sep, rest = location.partition("://")
+    if not sep or scheme == "grpc+unix" or port <= 0:
+        return location
+    host = rest.rsplit(":", 1)[0] if ":" in rest else rest
+    return f"{scheme}://{host}:{port}"

@@ -1,0 +1,245 @@
+"""Signed state tokens: the resumable position of a stream.
+
+A token is opaque to clients. It is minted by the server after every turn and carried in Flight
+tickets, ``DoExchange`` descriptors and ``app_metadata``; any replica holding the key can verify it
+and resume the stream. Layout (all integers big-endian)::
+
+    magic      4  b"VGT1"
+    flags      1  bit 0: state is encrypted (reserved)
+    kid        1+n   key id
+    stream_id  16
+    method     2+n   UTF-8
+    principal  2+n   UTF-8 ("" when anonymous)
+    state_cls  2+n   "module:qualname" of the StreamState subclass
+    out_schema 4+n   Arrow IPC schema
+    in_schema  4+n   Arrow IPC schema (empty schema for producers)
+    issued_at  8     unix seconds
+    expires_at 8     unix seconds, 0 = never
+    seq        8     data batches emitted before this point
+    state      4+n   Arrow IPC stream of the state dataclass
+    mac        32    HMAC-SHA256(key, all bytes above)
+
+The part up to ``in_schema`` is fixed for a stream, so its HMAC prefix is computed once per stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import struct
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+MAGIC = b"VGT1"
+MAC_SIZE = 32
+DEFAULT_MAX_TOKEN_BYTES = 4 * 1024 * 1024
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_TAIL = struct.Struct(">QQQI")
+
+log = logging.getLogger("vgi_flight.tokens")
+
+
+class TokenError(ValueError):
+    """A token was refused (tampered, expired, foreign key, wrong binding, malformed or too large)."""
+
+
+@dataclass(frozen=True)
+class StreamBinding:
+    """The fixed facts of a stream that every one of its tokens carries.
+
+    Attributes:
+        stream_id: Random id of the stream.
+        method: RPC method that opened the stream.
+        principal: Caller the stream belongs to ("" when anonymous).
+        state_class: ``module:qualname`` of the state class.
+        output_schema: IPC bytes of the output schema.
+        input_schema: IPC bytes of the input schema.
+    """
+
+    stream_id: bytes
+    method: str
+    principal: str
+    state_class: str
+    output_schema: bytes
+    input_schema: bytes
+
+
+@dataclass(frozen=True)
+class VerifiedToken:
+    """A token that passed verification.
+
+    Attributes:
+        binding: The stream's fixed facts.
+        issued_at: When the token was minted (unix seconds).
+        expires_at: Expiry (unix seconds), 0 for never.
+        seq: Data batches emitted before this point.
+        state: Serialized state bytes.
+        key_id: The key that signed it.
+    """
+
+    binding: StreamBinding
+    issued_at: int
+    expires_at: int
+    seq: int
+    state: bytes
+    key_id: str
+
+
+def new_stream_id() -> bytes:
+    """Return a fresh random 16-byte stream id."""
+    return uuid.uuid4().bytes
+
+
+class KeyRing:
+    """HMAC keys for state tokens: sign with the current key, verify with any listed key.
+
+    Rotation: add the new key and make it current on every replica, keep the old one listed until
+    every token it signed has expired, then remove it.
+    """
+
+    def __init__(self, keys: Mapping[str, bytes], current: str) -> None:
+        """Create a key ring.
+
+        Args:
+            keys: Key id → secret (at least 32 bytes recommended; at least 16 required).
+            current: The key id new tokens are signed with.
+
+        Raises:
+            ValueError: No keys, unknown current id, a key id longer than 255 bytes or a short key.
+        """
+        if not keys:
+            raise ValueError("a key ring needs at least one key")
+        if current not in keys:
+            raise ValueError(f"current key id {current!r} is not in the key ring")
+        for kid, secret in keys.items():
+            if len(kid.encode()) > 255:
+                raise ValueError("key ids are limited to 255 bytes")
+            if len(secret) < 16:
+                raise ValueError(f"key {kid!r} is shorter than 16 bytes")
+        self._keys = {kid: bytes(secret) for kid, secret in keys.items()}
+        self._current = current
+
+    @classmethod
+    def single(cls, secret: bytes, key_id: str = "k1") -> KeyRing:
+        """A ring holding one key."""
+        return cls({key_id: secret}, key_id)
+
+    @classmethod
+    def random(cls) -> KeyRing:
+        """A ring holding one random key (tokens die with the process)."""
+        return cls.single(os.urandom(32), "ephemeral-" + os.urandom(4).hex())
+
+    @property
+    def current(self) -> str:
+        """Id of the signing key."""
+        return self._current
+
+    def secret(self, key_id: str) -> bytes | None:
+        """Return the secret for ``key_id``, or ``None``."""
+        return self._keys.get(key_id)
+
+
+def _put_str(parts: list[bytes], value: bytes, size: struct.Struct) -> None:
+    parts.append(size.pack(len(value)))
+    parts.append(value)
+
+
+class StreamSigner:
+    """Mints the tokens of one stream; the fixed prefix is packed and pre-hashed once."""
+
+    __slots__ = ("_mac", "_prefix", "_ttl", "binding")
+
+    def __init__(self, ring: KeyRing, binding: StreamBinding, ttl: float | None) -> None:
+        """Prepare to mint tokens for ``binding`` with the ring's current key."""
+        kid = ring.current.encode()
+        secret = ring.secret(ring.current)
+        assert secret is not None
+        parts = [MAGIC, b"\x00", bytes([len(kid)]), kid, binding.stream_id]
+        for text in (binding.method, binding.principal, binding.state_class):
+            _put_str(parts, text.encode(), _U16)
+        _put_str(parts, binding.output_schema, _U32)
+        _put_str(parts, binding.input_schema, _U32)
+        self._prefix = b"".join(parts)
+        self._mac = hmac.new(secret, self._prefix, hashlib.sha256)
+        self._ttl = ttl
+        self.binding = binding
+
+    def mint(self, seq: int, state: bytes) -> bytes:
+        """Return a token for the stream at position ``seq`` with serialized ``state``."""
+        now = int(time.time())
+        expires = now + int(self._ttl) if self._ttl else 0
+        tail = _TAIL.pack(now, expires, seq, len(state))
+        mac = self._mac.copy()
+        mac.update(tail)
+        mac.update(state)
+        return b"".join((self._prefix, tail, state, mac.digest()))
+
+
+class _Reader:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        end = self.pos + n
+        if end > len(self.data):
+            raise TokenError("token is truncated")
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def sized(self, size: struct.Struct) -> bytes:
+        (n,) = size.unpack(self.take(size.size))
+        return self.take(n)
+
+
+def verify_token(
+    ring: KeyRing, token: bytes, *, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES, now: float | None = None
+) -> VerifiedToken:
+    """Check a token's signature and expiry and unpack it.
+
+    The MAC is checked (in constant time) before any field is trusted.
+
+    Raises:
+        TokenError: Malformed, too large, signed by an unknown key, tampered or expired.
+    """
+    if len(token) > max_bytes:
+        raise TokenError(f"token of {len(token)} bytes exceeds the {max_bytes}-byte limit")
+    if len(token) < len(MAGIC) + 2 + MAC_SIZE or not token.startswith(MAGIC):
+        raise TokenError("not a vgi-flight state token")
+    body, mac = token[:-MAC_SIZE], token[-MAC_SIZE:]
+    kid_len = body[5]
+    kid = body[6 : 6 + kid_len].decode("utf-8", "replace")
+    secret = ring.secret(kid)
+    # An unknown key and a bad MAC are reported identically so a prober learns nothing.
+    expected = hmac.new(secret if secret is not None else b"\x00" * 32, body, hashlib.sha256).digest()
+    if not hmac.compare_digest(expected, mac) or secret is None:
+        raise TokenError("token signature is invalid")
+    reader = _Reader(body)
+    reader.take(6 + kid_len)
+    if body[4] != 0:
+        raise TokenError("encrypted tokens are not supported by this server")
+    try:
+        stream_id = reader.take(16)
+        method = reader.sized(_U16).decode()
+        principal = reader.sized(_U16).decode()
+        state_class = reader.sized(_U16).decode()
+        out_schema = reader.sized(_U32)
+        in_schema = reader.sized(_U32)
+        issued_at, expires_at, seq, state_len = _TAIL.unpack(reader.take(_TAIL.size))
+        state = reader.take(state_len)
+    except (UnicodeDecodeError, struct.error) as exc:
+        raise TokenError(f"token is malformed: {exc}") from None
+    if reader.pos != len(body):
+        raise TokenError("token has trailing bytes")
+    if expires_at and (now if now is not None else time.time()) > expires_at:
+        raise TokenError("token has expired")
+    binding = StreamBinding(stream_id, method, principal, state_class, out_schema, in_schema)
+    return VerifiedToken(binding, issued_at, expires_at, seq, state, kid)

@@ -1,0 +1,279 @@
+"""The Flight wire mapping: the only module that knows vgi-flight's byte layouts.
+
+See ``docs/wire-protocol.md`` for the normative description. In short:
+
+* a *call request* is an Arrow IPC stream whose schema metadata names the method
+  (``vgi.method``) and whose single row holds the parameters;
+* a *state token* (see :mod:`vgi_flight._tokens`) starts with ``VGT1``; commands and tickets
+  are told apart by their first bytes;
+* every stream message's ``app_metadata`` is a UTF-8 JSON object whose ``kind`` says what the
+  message is (``ready``, ``data``, ``log``); the client's ``cancel`` is a metadata-only message;
+* errors travel as a Flight status whose message is a JSON object (``code``, ``error_type``,
+  ``error_message``, ``traceback``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from vgi_flight._errors import ErrorCode, RpcError
+from vgi_flight._log import Level, Message
+from vgi_flight._tokens import MAGIC as TOKEN_MAGIC
+
+PROTOCOL_VERSION = "1"
+METHOD_KEY = b"vgi.method"
+VERSION_KEY = b"vgi.version"
+DESCRIBE_ACTION = "__describe__"
+CANCEL_ACTION = "__cancel__"
+HEALTH_ACTION = "__health__"
+RESERVED_ACTIONS = (DESCRIBE_ACTION, CANCEL_ACTION, HEALTH_ACTION)
+ERROR_MARKER = '{"vgi_error"'
+
+KIND_READY = "ready"
+KIND_DATA = "data"
+KIND_LOG = "log"
+KIND_CANCEL = "cancel"
+CANCEL_METADATA = b'{"kind":"cancel"}'
+
+
+class WireError(ValueError):
+    """Bytes from a peer do not follow the vgi-flight wire protocol."""
+
+
+# --- Arrow IPC helpers --------------------------------------------------------------------------
+
+
+def ipc_bytes(batch: pa.RecordBatch) -> bytes:
+    """Serialize one batch as a complete Arrow IPC stream (schema + batch + end marker)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
+
+
+def read_single_batch(data: bytes | pa.Buffer, what: str) -> pa.RecordBatch:
+    """Read an IPC stream that must hold exactly one batch.
+
+    Raises:
+        WireError: Malformed IPC or not exactly one batch.
+    """
+    try:
+        reader = pa.ipc.open_stream(data)
+        batches = list(reader)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError) as exc:
+        raise WireError(f"{what} is not a valid Arrow IPC stream: {_short(exc)}") from None
+    if len(batches) != 1:
+        raise WireError(f"{what} must hold exactly one record batch, found {len(batches)}")
+    batch = batches[0]
+    if reader.schema.metadata:
+        batch = batch.replace_schema_metadata(reader.schema.metadata)
+    return batch
+
+
+def schema_bytes(schema: pa.Schema) -> bytes:
+    """Serialize a schema as an IPC schema message (the encoding Flight uses in FlightInfo)."""
+    data: bytes = schema.serialize().to_pybytes()
+    return data
+
+
+def read_schema(data: bytes, what: str) -> pa.Schema:
+    """Parse an IPC schema message.
+
+    Raises:
+        WireError: The bytes are not a schema.
+    """
+    try:
+        return pa.ipc.read_schema(pa.py_buffer(data))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError) as exc:
+        raise WireError(f"{what} is not a valid Arrow IPC schema: {_short(exc)}") from None
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).split("\n", 1)[0][:300]
+
+
+def b64(data: bytes) -> str:
+    """Standard base64 with padding, as every language's stock decoder reads it."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: object, what: str) -> bytes:
+    """Decode standard base64.
+
+    Raises:
+        WireError: Not a base64 string.
+    """
+    if not isinstance(text, str):
+        raise WireError(f"{what} must be a base64 string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        raise WireError(f"{what} is not valid base64") from None
+
+
+# --- Call requests ------------------------------------------------------------------------------
+
+
+def encode_call(method: str, params: pa.RecordBatch) -> bytes:
+    """Encode a call request (a stream command or single-call ticket)."""
+    meta = {METHOD_KEY: method.encode(), VERSION_KEY: PROTOCOL_VERSION.encode()}
+    return ipc_bytes(params.replace_schema_metadata(meta))
+
+
+def is_token(data: bytes) -> bool:
+    """Whether command/ticket bytes are a state token rather than a call request."""
+    return data[:4] == TOKEN_MAGIC
+
+
+def decode_call(data: bytes) -> tuple[str, pa.RecordBatch]:
+    """Decode a call request into (method, params batch without schema metadata).
+
+    Raises:
+        WireError: Malformed request or no method named.
+    """
+    batch = read_single_batch(data, "call request")
+    meta = batch.schema.metadata or {}
+    method = meta.get(METHOD_KEY)
+    if not method:
+        raise WireError("call request schema metadata lacks 'vgi.method'")
+    try:
+        name = method.decode()
+    except UnicodeDecodeError:
+        raise WireError("'vgi.method' is not UTF-8") from None
+    return name, batch.replace_schema_metadata(None)
+
+
+# --- Messages and app_metadata ------------------------------------------------------------------
+
+
+def _json(obj: Mapping[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def log_json(msg: Message) -> bytes:
+    """The JSON object that carries a log message (stream app_metadata and unary log results)."""
+    obj: dict[str, Any] = {"kind": KIND_LOG, "level": msg.level.value, "message": msg.message}
+    if msg.extra:
+        obj["extra"] = msg.extra
+    return _json(obj)
+
+
+def data_metadata(token: bytes, seq: int, custom: pa.KeyValueMetadata | None) -> bytes:
+    """app_metadata of a data message."""
+    obj: dict[str, Any] = {"kind": KIND_DATA, "seq": seq, "token": b64(token)}
+    if custom:
+        obj["metadata"] = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in custom.items()}
+    return _json(obj)
+
+
+def ready_metadata(token: bytes, seq: int, header: bytes | None) -> bytes:
+    """app_metadata of the ``ready`` message that opens every DoGet/DoExchange response."""
+    obj: dict[str, Any] = {"kind": KIND_READY, "seq": seq, "token": b64(token)}
+    if header is not None:
+        obj["header"] = b64(header)
+    return _json(obj)
+
+
+def parse_metadata(raw: bytes | pa.Buffer | None) -> dict[str, Any]:
+    """Parse a message's app_metadata JSON (empty dict when absent).
+
+    Raises:
+        WireError: Not a JSON object.
+    """
+    if raw is None:
+        return {}
+    data = raw.to_pybytes() if isinstance(raw, pa.Buffer) else raw
+    if not data:
+        return {}
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise WireError("app_metadata is not a JSON object") from None
+    if not isinstance(obj, dict):
+        raise WireError("app_metadata is not a JSON object")
+    return obj
+
+
+def message_from_json(obj: Mapping[str, Any]) -> Message:
+    """Rebuild a :class:`Message` from its JSON object."""
+    try:
+        level = Level(obj.get("level", "INFO"))
+    except ValueError:
+        level = Level.INFO
+    extra = obj.get("extra") or {}
+    return Message(level, str(obj.get("message", "")), **(extra if isinstance(extra, dict) else {"extra": extra}))
+
+
+def stream_info_metadata(
+    *, exchange: bool, input_schema: bytes, header: bytes | None, logs: list[Message], seq: int
+) -> bytes:
+    """app_metadata of the FlightInfo that answers a stream call."""
+    obj: dict[str, Any] = {
+        "kind": "exchange" if exchange else "producer",
+        "input_schema": b64(input_schema),
+        "seq": seq,
+    }
+    if header is not None:
+        obj["header"] = b64(header)
+    if logs:
+        obj["logs"] = [json.loads(log_json(m)) for m in logs]
+    return _json(obj)
+
+
+# --- Errors -------------------------------------------------------------------------------------
+
+# pyarrow sends a clean status only for FlightError subclasses (anything else carries a Python
+# traceback), so codes without a FlightError counterpart travel as UNKNOWN with the exact code in
+# the JSON message.
+_FLIGHT_ERROR_FOR: dict[ErrorCode, type[flight.FlightError]] = {
+    ErrorCode.UNAUTHENTICATED: flight.FlightUnauthenticatedError,
+    ErrorCode.PERMISSION_DENIED: flight.FlightUnauthorizedError,
+    ErrorCode.UNAVAILABLE: flight.FlightUnavailableError,
+    ErrorCode.CANCELLED: flight.FlightCancelledError,
+    ErrorCode.DEADLINE_EXCEEDED: flight.FlightTimedOutError,
+    ErrorCode.INTERNAL: flight.FlightInternalError,
+}
+_CODE_FOR_FLIGHT_ERROR: list[tuple[type[flight.FlightError], ErrorCode]] = [
+    (cls, code) for code, cls in _FLIGHT_ERROR_FOR.items()
+]
+
+
+def error_status(code: ErrorCode, error_type: str, message: str, traceback: str = "") -> flight.FlightError:
+    """Build the FlightError that carries a vgi-flight error to the client."""
+    body: dict[str, Any] = {"vgi_error": 1, "code": code.value, "error_type": error_type, "error_message": message}
+    if traceback:
+        body["traceback"] = traceback
+    cls = _FLIGHT_ERROR_FOR.get(code, flight.FlightServerError)
+    return cls(json.dumps(body, ensure_ascii=False))
+
+
+def rpc_error_from_flight(exc: BaseException) -> RpcError:
+    """Turn any exception raised by a pyarrow Flight client call into :class:`RpcError`."""
+    text = str(exc)
+    start = text.find(ERROR_MARKER)
+    if start >= 0:
+        try:
+            body, _ = json.JSONDecoder().raw_decode(text, start)
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            return RpcError(
+                str(body.get("error_type", "RpcError")),
+                str(body.get("error_message", "")),
+                str(body.get("traceback", "")),
+                code=ErrorCode.parse(body.get("code")),
+            )
+    code = ErrorCode.UNKNOWN
+    for cls, mapped in _CODE_FOR_FLIGHT_ERROR:
+        if isinstance(exc, cls):
+            code = mapped
+            break
+    # Not produced by a vgi-flight server: keep the transport's words (first line only).
+    return RpcError(type(exc).__name__, text.split("\n", 1)[0], "", code=code)
