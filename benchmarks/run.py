@@ -1,0 +1,214 @@
+"""vgi-flight benchmark: every workload beside the same workload on raw pyarrow.flight, in one run.
+
+    python -m benchmarks.run [--quick] [--json results.json]
+
+Servers run in child processes on 127.0.0.1; the client runs here. Rounds of the two sides are
+interleaved so that machine noise hits both alike. Figures are medians over rounds (p99 for
+latency) and each vgi-flight figure is reported as a ratio to raw pyarrow.flight from this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import pyarrow.flight as flight
+
+from benchmarks.services import SMALL_SCHEMA, BenchService, bulk_batch, ipc, read_one, small_batch
+from vgi_flight import AnnotatedBatch, connect
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@contextmanager
+def server_process(which: str) -> Iterator[str]:
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.services", which], stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT
+    )
+    assert proc.stdout is not None
+    location = proc.stdout.readline().strip()
+    try:
+        yield location
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+@dataclass
+class Row:
+    workload: str
+    unit: str
+    vgi: float
+    raw: float
+    ratio: float
+    vgi_p99: float | None = None
+    raw_p99: float | None = None
+    target: str = ""
+
+
+def latency_samples(fn: Callable[[], object], count: int) -> list[float]:
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def interleave(
+    vgi: Callable[[], object], raw: Callable[[], object], rounds: int, per_round: int
+) -> tuple[list[float], list[float]]:
+    """Alternate rounds of the two sides; return all samples of each."""
+    for fn in (vgi, raw):  # warm up
+        latency_samples(fn, max(3, per_round // 10))
+    vgi_samples: list[float] = []
+    raw_samples: list[float] = []
+    for _ in range(rounds):
+        vgi_samples += latency_samples(vgi, per_round)
+        raw_samples += latency_samples(raw, per_round)
+    return vgi_samples, raw_samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run, noisy)")
+    parser.add_argument("--json", help="also write results to this file")
+    args = parser.parse_args()
+    scale = 0.1 if args.quick else 1.0
+    rounds = 5
+    rows: list[Row] = []
+
+    with server_process("vgi") as vgi_loc, server_process("raw") as raw_loc:
+        raw = flight.connect(raw_loc)
+        raw.wait_for_server(10) if hasattr(raw, "wait_for_server") else None
+        with connect(BenchService, vgi_loc) as svc:
+            n = max(20, int(400 * scale))
+
+            # unary noop
+            v, r = interleave(lambda: svc.noop(), lambda: list(raw.do_action(flight.Action("noop", b""))), rounds, n)
+            rows.append(latency_row("unary noop", v, r, "p50 <= 1.3x"))
+
+            # unary add: both sides send a one-row IPC batch and read one back
+            def raw_add() -> int:
+                body = ipc(small_add_batch(2, 40))
+                result = list(raw.do_action(flight.Action("add", body)))[-1]
+                return int(read_one(result.body).column(0)[0].as_py())
+
+            v, r = interleave(lambda: svc.add(a=2, b=40), raw_add, rounds, n)
+            rows.append(latency_row("unary add", v, r, "p50 <= 1.3x"))
+
+            # producer of 50 one-row batches
+            def vgi_small() -> int:
+                return sum(1 for _ in svc.small_batches(count=50))
+
+            def raw_small() -> int:
+                return sum(1 for _ in raw.do_get(flight.Ticket(b"small:50")))
+
+            m = max(5, int(40 * scale))
+            v, r = interleave(vgi_small, raw_small, rounds, m)
+            rows.append(median_row("producer 50 small batches", v, r, "ms"))
+
+            # exchange of 20 rounds
+            batch = small_batch(1)
+
+            def vgi_exchange() -> None:
+                with svc.echo() as session:
+                    for _ in range(20):
+                        session.exchange(AnnotatedBatch(batch))
+
+            def raw_exchange() -> None:
+                writer, reader = raw.do_exchange(flight.FlightDescriptor.for_command(b"echo"))
+                writer.begin(SMALL_SCHEMA)
+                for _ in range(20):
+                    writer.write_batch(batch)
+                    reader.read_chunk()
+                writer.done_writing()
+                for _ in reader:
+                    pass
+                writer.close()
+
+            v, r = interleave(vgi_exchange, raw_exchange, rounds, m)
+            rows.append(median_row("exchange 20 rounds", v, r, "ms"))
+            rows.append(
+                median_row("exchange round trip", [x / 20 for x in v], [x / 20 for x in r], "ms", "p50 <= 1.5x")
+            )
+
+            # bulk producer: ~1 GiB (1024 x 1 MiB batches) in the full run
+            nbatches = max(64, int(1024 * scale))
+            nbytes = nbatches * bulk_batch().nbytes
+
+            def vgi_bulk() -> None:
+                for _ in svc.bulk(batches=nbatches):
+                    pass
+
+            def raw_bulk() -> None:
+                for _ in raw.do_get(flight.Ticket(f"bulk:{nbatches}".encode())):
+                    pass
+
+            v, r = interleave(vgi_bulk, raw_bulk, rounds, 1)
+            vg, rg = [nbytes / s / 1e9 for s in v], [nbytes / s / 1e9 for s in r]
+            rows.append(
+                Row(
+                    f"bulk producer {nbytes / 2**30:.2f} GiB",
+                    "GB/s",
+                    statistics.median(vg),
+                    statistics.median(rg),
+                    statistics.median(vg) / statistics.median(rg),
+                    target=">= 0.9x",
+                )
+            )
+        raw.close()
+
+    print_table(rows)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump([asdict(r) for r in rows], fh, indent=2)
+
+
+def small_add_batch(a: int, b: int):  # type: ignore[no-untyped-def]
+    import pyarrow as pa
+
+    from benchmarks.services import ADD_PARAMS
+
+    return pa.record_batch([pa.array([a], pa.int64()), pa.array([b], pa.int64())], schema=ADD_PARAMS)
+
+
+def latency_row(name: str, v: list[float], r: list[float], target: str) -> Row:
+    vm, rm = statistics.median(v) * 1e6, statistics.median(r) * 1e6
+    return Row(name, "us p50", vm, rm, vm / rm, percentile(v, 0.99) * 1e6, percentile(r, 0.99) * 1e6, target)
+
+
+def median_row(name: str, v: list[float], r: list[float], unit: str, target: str = "") -> Row:
+    vm, rm = statistics.median(v) * 1e3, statistics.median(r) * 1e3
+    return Row(name, unit, vm, rm, vm / rm, target=target)
+
+
+def print_table(rows: list[Row]) -> None:
+    print(
+        f"{'workload':<30} {'unit':<7} {'vgi-flight':>11} {'raw flight':>11} {'ratio':>7} {'vgi p99':>9} "
+        f"{'raw p99':>9}  target"
+    )
+    for row in rows:
+        p99 = f"{row.vgi_p99:>9.1f} {row.raw_p99:>9.1f}" if row.vgi_p99 is not None else f"{'':>9} {'':>9}"
+        print(
+            f"{row.workload:<30} {row.unit:<7} {row.vgi:>11.2f} {row.raw:>11.2f} {row.ratio:>6.2f}x {p99}  {row.target}"
+        )
+    print("ratio = vgi-flight / raw pyarrow.flight (for GB/s, higher is better; for times, lower is better)")
+
+
+if __name__ == "__main__":
+    main()
