@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.flight as flight
 
 from vgi_flight import (
@@ -35,7 +36,7 @@ def bulk_batch() -> pa.RecordBatch:
     global _bulk_batch
     if _bulk_batch is None:
         ids = pa.array(range(BULK_ROWS), pa.int64())
-        _bulk_batch = pa.record_batch([ids, pa.compute.multiply(ids, 0.5)], schema=BULK_SCHEMA)
+        _bulk_batch = pa.record_batch([ids, pc.multiply(ids, 0.5)], schema=BULK_SCHEMA)
     return _bulk_batch
 
 
