@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from vgi_flight import _wire as wire
-from vgi_flight._arrow_types import ArrowSerializableDataclass
+from vgi_flight._arrow_types import ArrowSerializableDataclass, arrow_array
 from vgi_flight._errors import ErrorCode, RpcError
 from vgi_flight._log import Message
 from vgi_flight._service import MethodDescription, MethodKind, ServiceDescription, describe_protocol
@@ -89,7 +89,8 @@ class StreamSession:
         self._t = transport
         self._method = method
         self._exchange = exchange
-        self._token = token
+        self._token_bytes = token
+        self._token_b64: object = None  # latest token as received; decoded only when needed
         self._seq = seq
         self.output_schema = output_schema
         self.input_schema = input_schema
@@ -134,7 +135,10 @@ class StreamSession:
     @property
     def token(self) -> bytes:
         """The latest signed state token: the point this stream can resume from."""
-        return self._token
+        if self._token_b64 is not None:
+            self._token_bytes = wire.unb64(self._token_b64, "token")
+            self._token_b64 = None
+        return self._token_bytes
 
     @property
     def seq(self) -> int:
@@ -156,7 +160,7 @@ class StreamSession:
         if self._closed:
             return
         try:
-            reader = self._t.client.do_get(flight.Ticket(self._token), self._t.options)
+            reader = self._t.client.do_get(flight.Ticket(self.token), self._t.options)
         except flight.FlightError as exc:
             self._closed = True
             raise wire.rpc_error_from_flight(exc) from None
@@ -174,7 +178,7 @@ class StreamSession:
                     raise wire.rpc_error_from_flight(exc) from None
                 meta = wire.parse_metadata(chunk.app_metadata)
                 if meta.get("kind") == wire.KIND_DATA:
-                    self._token = wire.unb64(meta.get("token"), "token")
+                    self._token_b64 = meta.get("token")
                     self._seq = int(meta.get("seq", self._seq + 1))
                     yield AnnotatedBatch(chunk.data, _custom_metadata(meta))
                 else:
@@ -189,7 +193,7 @@ class StreamSession:
     # --- exchange -----------------------------------------------------------------------------
 
     def _open_exchange(self) -> None:
-        descriptor = flight.FlightDescriptor.for_command(self._token)
+        descriptor = flight.FlightDescriptor.for_command(self.token)
         try:
             writer, reader = self._t.client.do_exchange(descriptor, self._t.options)
             self._writer, self._reader = writer, reader
@@ -210,7 +214,7 @@ class StreamSession:
             got = meta.get("kind")
             if got == kind:
                 if "token" in meta:
-                    self._token = wire.unb64(meta["token"], "token")
+                    self._token_b64 = meta["token"]
                     self._seq = int(meta.get("seq", self._seq))
                 self._last_meta = meta
                 data: pa.RecordBatch = chunk.data
@@ -302,7 +306,7 @@ class StreamSession:
                 return
             if self._get_reader is not None:
                 self._get_reader.cancel()
-            action = flight.Action(wire.CANCEL_ACTION, self._token)
+            action = flight.Action(wire.CANCEL_ACTION, self.token)
             for result in self._t.client.do_action(action, self._t.options):
                 _handle_metadata(wire.parse_metadata(result.body.to_pybytes()), self._t.on_log)
         except (flight.FlightError, pa.ArrowException) as exc:
@@ -353,26 +357,28 @@ class _Proxy:
 
     def _unary_caller(self, desc: MethodDescription) -> Callable[..., Any]:
         t = self._t
+        params_framing = wire.BatchFraming(desc.params_schema)
+        result_framing = wire.BatchFraming(desc.result_schema)
+        codec = desc.result_codec
 
         def call(*args: Any, **kwargs: Any) -> Any:
             if args:
                 raise TypeError(f"{desc.name}() takes keyword arguments only")
-            action = flight.Action(desc.name, wire.ipc_bytes(encode_params(desc, kwargs)))
-            result: pa.RecordBatch | None = None
+            body = params_framing.encode(encode_params(desc, kwargs)) if desc.params else b""
+            result: pa.Buffer | None = None
             try:
-                for item in t.client.do_action(action, t.options):
-                    body = item.body.to_pybytes()
-                    if body[:1] == b"{":
-                        _handle_metadata(wire.parse_metadata(body), t.on_log)
+                for item in t.client.do_action(flight.Action(desc.name, body), t.options):
+                    if item.body.size and item.body[0] == 0x7B:  # "{": a log record precedes the result
+                        _handle_metadata(wire.parse_metadata(item.body), t.on_log)
                     else:
-                        result = wire.read_single_batch(body, "result")
+                        result = item.body
             except (flight.FlightError, pa.ArrowException) as exc:
                 raise wire.rpc_error_from_flight(exc) from None
             if result is None:
                 raise _protocol_error(f"{desc.name}() returned no result message")
-            if desc.result_codec is None:
+            if codec is None:
                 return None
-            return desc.result_codec.from_arrow(result.column(0)[0].as_py())
+            return codec.from_arrow(result_framing.decode(result, "result").column(0)[0].as_py())
 
         return call
 
@@ -427,7 +433,7 @@ def encode_params(desc: MethodDescription, kwargs: dict[str, Any]) -> pa.RecordB
         if value is None and not param.codec.nullable:
             raise TypeError(f"parameter '{param.name}' is not optional but got None")
         try:
-            arrays.append(pa.array([param.codec.to_arrow(value)], type=param.codec.arrow_type))
+            arrays.append(arrow_array([param.codec.to_arrow(value)], param.codec.arrow_type))
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:
             raise TypeError(f"parameter '{param.name}' of {desc.name}(): {exc}") from None
     if not arrays:

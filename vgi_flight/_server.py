@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from vgi_flight import _wire as wire
-from vgi_flight._arrow_types import ArrowSerializableDataclass
+from vgi_flight._arrow_types import ArrowSerializableDataclass, arrow_array
 from vgi_flight._context import AuthContext, CallContext
 from vgi_flight._errors import ErrorCode, RpcError
 from vgi_flight._log import Message
@@ -40,6 +40,8 @@ from vgi_flight._tokens import (
 log = logging.getLogger("vgi_flight.server")
 
 _TICK = AnnotatedBatch(pa.RecordBatch.from_pydict({}))
+# The result of every void method: the empty schema and one batch without columns.
+_VOID_RESULT = wire.ipc_bytes(pa.RecordBatch.from_pydict({}))
 
 
 class RequestRejectedError(Exception):
@@ -149,6 +151,11 @@ class _Dispatcher:
         self.max_token_bytes = max_token_bytes
         self.send_tracebacks = send_tracebacks
         self._state_classes: dict[str, type[StreamState]] = {}
+        # Per-method IPC framings, built once: (params, result).
+        self._framing = {
+            name: (wire.BatchFraming(b.description.params_schema), wire.BatchFraming(b.description.result_schema))
+            for name, b in self.methods.items()
+        }
         self._describe_bytes: bytes | None = None
 
     # --- errors -------------------------------------------------------------------------------
@@ -255,27 +262,29 @@ class _Dispatcher:
         """Serve a unary DoAction; return the Result bodies (log JSON objects, then the value)."""
         bound = self.lookup(name, MethodKind.UNARY)
         desc = bound.description
-        batch = wire.read_single_batch(body, "action body") if body else None
+        params_framing, result_framing = self._framing[name]
+        batch = params_framing.decode(body, "action body") if body else None
         kwargs = self.decode_params(desc, batch)
         logs: list[Message] = []
         if bound.takes_ctx:
             kwargs["ctx"] = self.new_context(context, name, logs.append)
         result = bound.call(**kwargs)
         out = [wire.log_json(m) for m in logs]
-        out.append(wire.ipc_bytes(self.encode_result(desc, result)))
+        out.append(
+            _VOID_RESULT if desc.result_codec is None else result_framing.encode(self.encode_result(desc, result))
+        )
         return out
 
     def encode_result(self, desc: MethodDescription, result: object) -> pa.RecordBatch:
-        """Build the ``{result: T}`` batch (or the empty batch for a void method)."""
+        """Build the ``{result: T}`` batch of a method that returns a value."""
         codec = desc.result_codec
-        if codec is None:
-            return pa.RecordBatch.from_pydict({})
+        assert codec is not None
         if result is None and not codec.nullable:
             raise RequestRejectedError(
                 ErrorCode.INTERNAL, f"{desc.name}() returned None but its result is not Optional"
             )
         try:
-            array = pa.array([codec.to_arrow(result)], type=codec.arrow_type)
+            array = arrow_array([codec.to_arrow(result)], codec.arrow_type)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:
             raise RequestRejectedError(
                 ErrorCode.INTERNAL, f"{desc.name}() returned a value that does not fit its type: {exc}"
@@ -428,7 +437,7 @@ class _Dispatcher:
                 rows["defaults"].append(
                     wire.ipc_bytes(
                         pa.RecordBatch.from_arrays(
-                            [pa.array([p.codec.to_arrow(p.default)], type=p.codec.arrow_type) for p in defaults],
+                            [arrow_array([p.codec.to_arrow(p.default)], p.codec.arrow_type) for p in defaults],
                             schema=pa.schema([p.codec.field(p.name) for p in defaults]),
                         )
                     )

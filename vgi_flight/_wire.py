@@ -58,6 +58,59 @@ def ipc_bytes(batch: pa.RecordBatch) -> bytes:
     return data
 
 
+IPC_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+
+
+def _has_dictionary(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        return True
+    if isinstance(t, pa.BaseExtensionType):
+        return _has_dictionary(t.storage_type)
+    return any(_has_dictionary(t.field(i).type) for i in range(getattr(t, "num_fields", 0)))
+
+
+class BatchFraming:
+    """Single-batch IPC streams of one known schema, with a fast path for the layout vgi-flight writes.
+
+    The fast path (schema message + one record batch message + end marker, exactly as
+    ``pa.ipc.new_stream`` writes them for dictionary-free schemas) skips the stream reader; any
+    other valid IPC stream, e.g. from another language's writer, takes the general path.
+    """
+
+    __slots__ = ("_plain", "prefix", "schema")
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.schema = schema
+        self.prefix = schema_bytes(schema)
+        self._plain = not any(_has_dictionary(f.type) for f in schema)
+
+    def encode(self, batch: pa.RecordBatch) -> bytes:
+        """Serialize ``batch`` (which must have this schema) as a complete IPC stream."""
+        if not self._plain:
+            return ipc_bytes(batch)
+        return b"".join((self.prefix, batch.serialize().to_pybytes(), IPC_EOS))
+
+    def decode(self, data: bytes | pa.Buffer, what: str) -> pa.RecordBatch:
+        """Read a single-batch IPC stream.
+
+        Raises:
+            WireError: Malformed IPC or not exactly one batch.
+        """
+        if self._plain:
+            buf = data if isinstance(data, pa.Buffer) else pa.py_buffer(data)
+            start, end = len(self.prefix), buf.size - len(IPC_EOS)
+            if end > start and buf.slice(0, start) == self.prefix and buf.slice(end) == IPC_EOS:
+                try:
+                    message = pa.ipc.read_message(buf.slice(start, end - start))
+                    if message.type == "record batch" and 8 + message.metadata.size + message.body.size == end - start:
+                        batch = pa.ipc.read_record_batch(message, self.schema)
+                        batch.validate()
+                        return batch
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError):
+                    pass  # the general reader below reports the problem
+        return read_single_batch(data, what)
+
+
 def read_single_batch(data: bytes | pa.Buffer, what: str) -> pa.RecordBatch:
     """Read an IPC stream that must hold exactly one batch.
 
@@ -167,6 +220,8 @@ def log_json(msg: Message) -> bytes:
 
 def data_metadata(token: bytes, seq: int, custom: pa.KeyValueMetadata | None) -> bytes:
     """app_metadata of a data message."""
+    if not custom:  # the per-batch hot path: base64 needs no JSON escaping
+        return b'{"kind":"data","seq":%d,"token":"%s"}' % (seq, base64.b64encode(token))
     obj: dict[str, Any] = {"kind": KIND_DATA, "seq": seq, "token": b64(token)}
     if custom:
         obj["metadata"] = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in custom.items()}
