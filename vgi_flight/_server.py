@@ -22,6 +22,7 @@ import pyarrow.flight as flight
 
 from vgi_flight import _wire as wire
 from vgi_flight._arrow_types import ArrowSerializableDataclass, arrow_array
+from vgi_flight._compact import state_from_bytes, state_to_bytes
 from vgi_flight._context import AuthContext, CallContext
 from vgi_flight._errors import ErrorCode, RpcError
 from vgi_flight._log import Message
@@ -101,7 +102,7 @@ class _LiveStream:
 
     def token(self) -> bytes:
         """Mint a token for the current position."""
-        return self.signer.mint(self.seq, self.state.serialize_to_bytes())
+        return self.signer.mint(self.seq, state_to_bytes(self.state))
 
     def turn(self, input: AnnotatedBatch) -> OutputCollector:
         """Run one ``process`` call and check it kept the stream's rules."""
@@ -349,7 +350,7 @@ class _Dispatcher:
             raise RequestRejectedError(ErrorCode.PERMISSION_DENIED, "this stream token belongs to another principal")
         cls = self._resolve_state_class(binding.state_class)
         try:
-            state = cls.deserialize_from_bytes(verified.state)
+            state = state_from_bytes(cls, verified.state)
         except ValueError as exc:
             raise RequestRejectedError(
                 ErrorCode.INVALID_ARGUMENT, f"stream state could not be restored: {exc}"

@@ -16,7 +16,7 @@ and resume the stream. Layout (all integers big-endian)::
     issued_at  8     unix seconds
     expires_at 8     unix seconds, 0 = never
     seq        8     data batches emitted before this point
-    state      4+n   Arrow IPC stream of the state dataclass
+    state      4+n   the state dataclass: an Arrow IPC stream, or 0x01 + the compact codec
     mac        32    HMAC-SHA256(key, all bytes above)
 
 The part up to ``in_schema`` is fixed for a stream, so its HMAC prefix is computed once per stream.

@@ -1,0 +1,91 @@
+"""The compact state codec used inside tokens round-trips flat states and falls back otherwise."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.seed_services import RunningStatsState, StatefulPipeline
+from vgi_flight import ArrowSerializableDataclass
+from vgi_flight._compact import compact_codec, state_from_bytes, state_to_bytes
+
+
+@dataclass
+class Flat:
+    n: int = 0
+    x: float = 0.0
+    flag: bool = False
+    label: str = ""
+    blob: bytes = b""
+    maybe: int | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class FrozenFlat:
+    a: int
+    b: str
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.text(),
+    st.binary(),
+    st.none() | st.integers(-(2**63), 2**63 - 1),
+    st.none() | st.text(),
+)
+def test_flat_round_trip(
+    n: int, x: float, flag: bool, label: str, blob: bytes, maybe: int | None, note: str | None
+) -> None:
+    state = Flat(n, x, flag, label, blob, maybe, note)
+    data = state_to_bytes(state)
+    assert data[:1] == b"\x01"
+    assert state_from_bytes(Flat, data) == state
+
+
+def test_negative_zero_and_nan() -> None:
+    restored = state_from_bytes(Flat, state_to_bytes(Flat(x=-0.0)))
+    assert math.copysign(1, restored.x) == -1
+    assert math.isnan(state_from_bytes(Flat, state_to_bytes(Flat(x=math.nan))).x)
+
+
+def test_frozen() -> None:
+    assert state_from_bytes(FrozenFlat, state_to_bytes(FrozenFlat(1, "a"))) == FrozenFlat(1, "a")
+
+
+def test_out_of_range_int_is_refused_not_truncated() -> None:
+    @dataclass
+    class Big(ArrowSerializableDataclass):
+        n: int
+
+    with pytest.raises(ValueError, match="n"):
+        state_to_bytes(Big(2**63))
+
+
+def test_non_flat_states_use_arrow_ipc() -> None:
+    assert compact_codec(RunningStatsState) is None  # list field
+    assert compact_codec(StatefulPipeline) is None  # enum field
+    state = RunningStatsState(count=2, total=3.0, history=[1.0, 2.0])
+    data = state_to_bytes(state)
+    assert data[:1] == b"\xff"
+    assert state_from_bytes(RunningStatsState, data) == state
+
+
+@dataclass
+class WithList:
+    items: list[int] = field(default_factory=list)
+
+
+@pytest.mark.parametrize("data", [b"\x01", b"\x01\x00\x00", b"\x01" + b"\x00" * 100])
+def test_malformed_compact_bytes(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        state_from_bytes(Flat, data)
+    with pytest.raises(ValueError):
+        state_from_bytes(WithList, data)
