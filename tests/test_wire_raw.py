@@ -227,10 +227,12 @@ def test_tampered_tokens_refused(client: flight.FlightClient, mutate: str) -> No
 
 
 def test_wrong_rpc_for_kind(client: flight.FlightClient) -> None:
-    _writer, reader = client.do_exchange(flight.FlightDescriptor.for_command(_token(client)))
+    writer, reader = client.do_exchange(flight.FlightDescriptor.for_command(_token(client)))
     with pytest.raises(flight.FlightError) as info:
         reader.read_chunk()
     assert error_body(info.value)["code"] == "INVALID_ARGUMENT"
+    with pytest.raises(flight.FlightError):  # closing re-reports the call's status
+        writer.close()
     assert_serving(client)
 
 

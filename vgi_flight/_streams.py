@@ -149,11 +149,23 @@ class OutputCollector:
 
     def emit_arrays(self, arrays: Sequence[pa.Array], metadata: Mapping[str, str] | None = None) -> None:
         """Emit a data batch built from arrays in output-schema order."""
-        self.emit(pa.RecordBatch.from_arrays(list(arrays), schema=self._output_schema), metadata)
+        try:
+            batch = pa.RecordBatch.from_arrays(list(arrays), schema=self._output_schema)
+        except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ValueError(
+                f"emit_arrays: arrays do not fit the output schema ({_schema_str(self._output_schema)}): {exc}"
+            ) from None
+        self.emit(batch, metadata)
 
     def emit_pydict(self, data: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> None:
         """Emit a data batch built from a column-name → values mapping."""
-        self.emit(pa.RecordBatch.from_pydict(dict(data), schema=self._output_schema), metadata)
+        try:
+            batch = pa.RecordBatch.from_pydict(dict(data), schema=self._output_schema)
+        except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ValueError(
+                f"emit_pydict: data does not fit the output schema ({_schema_str(self._output_schema)}): {exc}"
+            ) from None
+        self.emit(batch, metadata)
 
     def client_log(self, level: Level, message: str, **extra: object) -> None:
         """Send a log message to the client; it arrives before this turn's data batch."""
