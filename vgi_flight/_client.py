@@ -100,6 +100,7 @@ class StreamSession:
         self._writer: flight.FlightStreamWriter | None = None
         self._reader: flight.FlightStreamReader | None = None
         self._get_reader: flight.FlightStreamReader | None = None
+        self._last_meta: dict[str, Any] = {}
         transport.sessions.add(self)
 
     def _abort(self) -> None:
@@ -241,7 +242,7 @@ class StreamSession:
         try:
             if input.custom_metadata:
                 custom = {k.decode(): v.decode() for k, v in input.custom_metadata.items()}
-                self._writer.write_with_metadata(batch, wire._json({"kind": wire.KIND_DATA, "metadata": custom}))
+                self._writer.write_with_metadata(batch, wire.json_bytes({"kind": wire.KIND_DATA, "metadata": custom}))
             else:
                 self._writer.write_batch(batch)
             data = self._read_until(wire.KIND_DATA)

@@ -27,7 +27,15 @@ from vgi_flight._context import AuthContext, CallContext
 from vgi_flight._errors import ErrorCode, RpcError
 from vgi_flight._log import Message
 from vgi_flight._service import BoundMethod, MethodDescription, MethodKind, bind_implementation, describe_protocol
-from vgi_flight._streams import EMPTY_SCHEMA, AnnotatedBatch, OutputCollector, Stream, StreamState, conform_batch
+from vgi_flight._streams import (
+    EMPTY_SCHEMA,
+    AnnotatedBatch,
+    ExchangeState,
+    OutputCollector,
+    Stream,
+    StreamState,
+    conform_batch,
+)
 from vgi_flight._tokens import (
     DEFAULT_MAX_TOKEN_BYTES,
     KeyRing,
@@ -467,8 +475,6 @@ class _Dispatcher:
 
 
 def _is_exchange_class(cls: type) -> bool:
-    from vgi_flight._streams import ExchangeState
-
     return issubclass(cls, ExchangeState)
 
 

@@ -8,11 +8,11 @@ returns, so a Protocol may declare ``Stream[StreamState, H]`` generically.
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from types import FunctionType
 from typing import Any
 
 import pyarrow as pa
@@ -119,7 +119,7 @@ def _stream_args(hint: object) -> tuple[bool, type[ArrowSerializableDataclass] |
     header = args[1] if len(args) > 1 else None
     if header is None or header is type(None):
         return True, None
-    if typing.get_origin(header) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if typing.get_origin(header) in (typing.Union, types.UnionType):
         members = [a for a in typing.get_args(header) if a is not type(None)]
         header = members[0] if len(members) == 1 else header
     if not (isinstance(header, type) and issubclass(header, ArrowSerializableDataclass)):
@@ -127,13 +127,13 @@ def _stream_args(hint: object) -> tuple[bool, type[ArrowSerializableDataclass] |
     return True, header
 
 
-def _protocol_functions(protocol: type) -> dict[str, FunctionType]:
-    found: dict[str, FunctionType] = {}
+def _protocol_functions(protocol: type) -> dict[str, types.FunctionType]:
+    found: dict[str, types.FunctionType] = {}
     for klass in reversed(protocol.__mro__):
         if klass in (object, typing.Protocol, typing.Generic) or not getattr(klass, "_is_protocol", False):
             continue
         for name, value in vars(klass).items():
-            if name.startswith("_") or not isinstance(value, FunctionType):
+            if name.startswith("_") or not isinstance(value, types.FunctionType):
                 continue
             found[name] = value
     return found

@@ -8,7 +8,7 @@ batch until ``out.finish()``; for an exchange once per input batch. Nothing here
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Self
@@ -149,23 +149,18 @@ class OutputCollector:
 
     def emit_arrays(self, arrays: Sequence[pa.Array], metadata: Mapping[str, str] | None = None) -> None:
         """Emit a data batch built from arrays in output-schema order."""
-        try:
-            batch = pa.RecordBatch.from_arrays(list(arrays), schema=self._output_schema)
-        except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise ValueError(
-                f"emit_arrays: arrays do not fit the output schema ({_schema_str(self._output_schema)}): {exc}"
-            ) from None
-        self.emit(batch, metadata)
+        self.emit(self._build("emit_arrays", pa.RecordBatch.from_arrays, list(arrays)), metadata)
 
     def emit_pydict(self, data: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> None:
         """Emit a data batch built from a column-name → values mapping."""
+        self.emit(self._build("emit_pydict", pa.RecordBatch.from_pydict, dict(data)), metadata)
+
+    def _build(self, caller: str, build: Callable[..., pa.RecordBatch], data: object) -> pa.RecordBatch:
         try:
-            batch = pa.RecordBatch.from_pydict(dict(data), schema=self._output_schema)
+            return build(data, schema=self._output_schema)
         except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise ValueError(
-                f"emit_pydict: data does not fit the output schema ({_schema_str(self._output_schema)}): {exc}"
-            ) from None
-        self.emit(batch, metadata)
+            schema = _schema_str(self._output_schema)
+            raise ValueError(f"{caller}: data does not fit the output schema ({schema}): {exc}") from None
 
     def client_log(self, level: Level, message: str, **extra: object) -> None:
         """Send a log message to the client; it arrives before this turn's data batch."""

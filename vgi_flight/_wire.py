@@ -206,7 +206,7 @@ def decode_call(data: bytes) -> tuple[str, pa.RecordBatch]:
 # --- Messages and app_metadata ------------------------------------------------------------------
 
 
-def _json(obj: Mapping[str, Any]) -> bytes:
+def json_bytes(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
@@ -215,7 +215,7 @@ def log_json(msg: Message) -> bytes:
     obj: dict[str, Any] = {"kind": KIND_LOG, "level": msg.level.value, "message": msg.message}
     if msg.extra:
         obj["extra"] = msg.extra
-    return _json(obj)
+    return json_bytes(obj)
 
 
 def data_metadata(token: bytes, seq: int, custom: pa.KeyValueMetadata | None) -> bytes:
@@ -225,7 +225,7 @@ def data_metadata(token: bytes, seq: int, custom: pa.KeyValueMetadata | None) ->
     obj: dict[str, Any] = {"kind": KIND_DATA, "seq": seq, "token": b64(token)}
     if custom:
         obj["metadata"] = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in custom.items()}
-    return _json(obj)
+    return json_bytes(obj)
 
 
 def ready_metadata(token: bytes, seq: int, header: bytes | None) -> bytes:
@@ -233,7 +233,7 @@ def ready_metadata(token: bytes, seq: int, header: bytes | None) -> bytes:
     obj: dict[str, Any] = {"kind": KIND_READY, "seq": seq, "token": b64(token)}
     if header is not None:
         obj["header"] = b64(header)
-    return _json(obj)
+    return json_bytes(obj)
 
 
 def parse_metadata(raw: bytes | pa.Buffer | None) -> dict[str, Any]:
@@ -279,7 +279,7 @@ def stream_info_metadata(
         obj["header"] = b64(header)
     if logs:
         obj["logs"] = [json.loads(log_json(m)) for m in logs]
-    return _json(obj)
+    return json_bytes(obj)
 
 
 # --- Errors -------------------------------------------------------------------------------------
