@@ -83,9 +83,7 @@ def validate_principal(name: str) -> str:
             letters, digits, ``.``, ``-`` and ``_``.
     """
     if _PRINCIPAL_RE.fullmatch(name) is None:
-        raise PkiError(
-            f"invalid principal name {name!r}: use 1-64 characters, each a letter, digit, '.', '-' or '_'"
-        )
+        raise PkiError(f"invalid principal name {name!r}: use 1-64 characters, each a letter, digit, '.', '-' or '_'")
     return name
 
 
@@ -374,9 +372,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help=f"client principal to issue a certificate for; repeatable (default: {DEFAULT_PRINCIPAL})",
     )
-    parser.add_argument(
-        "--days", type=int, default=DEFAULT_DAYS, help=f"validity in days (default: {DEFAULT_DAYS})"
-    )
+    parser.add_argument("--days", type=int, default=DEFAULT_DAYS, help=f"validity in days (default: {DEFAULT_DAYS})")
     parser.add_argument(
         "--server-name",
         action="append",
