@@ -8,6 +8,7 @@ returned by :func:`connect`.
 from __future__ import annotations
 
 from vgi_flight._arrow_types import ArrowSerializableDataclass, ArrowType
+from vgi_flight._auth import BearerAuth, ClientCredential, HmacAuth, HmacKey, ServerAuth
 from vgi_flight._client import RpcConnection, StreamSession, connect, introspect
 from vgi_flight._context import AuthContext, CallContext
 from vgi_flight._errors import ErrorCode, ProtocolError, RpcError
@@ -32,9 +33,13 @@ __all__ = [
     "ArrowSerializableDataclass",
     "ArrowType",
     "AuthContext",
+    "BearerAuth",
     "CallContext",
+    "ClientCredential",
     "ErrorCode",
     "ExchangeState",
+    "HmacAuth",
+    "HmacKey",
     "KeyRing",
     "Level",
     "Message",
@@ -46,6 +51,7 @@ __all__ = [
     "RpcConnection",
     "RpcError",
     "RpcServer",
+    "ServerAuth",
     "ServiceDescription",
     "Stream",
     "StreamSession",

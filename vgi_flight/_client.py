@@ -19,6 +19,7 @@ import pyarrow.flight as flight
 
 from vgi_flight import _wire as wire
 from vgi_flight._arrow_types import ArrowSerializableDataclass, arrow_array
+from vgi_flight._auth import ClientCredential, request_payload
 from vgi_flight._errors import ErrorCode, RpcError
 from vgi_flight._log import Message
 from vgi_flight._service import MethodDescription, MethodKind, ServiceDescription, describe_protocol
@@ -42,11 +43,21 @@ def _protocol_error(message: str) -> RpcError:
 class _Transport:
     """A Flight client plus the per-call options every request uses."""
 
-    def __init__(self, client: flight.FlightClient, options: flight.FlightCallOptions, on_log: OnLog) -> None:
+    def __init__(
+        self, client: flight.FlightClient, timeout: float | None, credential: ClientCredential | None, on_log: OnLog
+    ) -> None:
         self.client = client
-        self.options = options
+        self.timeout = timeout
+        self.credential = credential
         self.on_log = on_log
+        self._plain_options = flight.FlightCallOptions(timeout=timeout)
         self.sessions: weakref.WeakSet[StreamSession] = weakref.WeakSet()
+
+    def options(self, rpc: str, payload: bytes) -> flight.FlightCallOptions:
+        """Call options for one call: the deadline, plus credential headers signed over ``payload``."""
+        if self.credential is None:
+            return self._plain_options
+        return flight.FlightCallOptions(timeout=self.timeout, headers=self.credential.headers(rpc, payload))
 
     def close(self) -> None:
         # Tear down calls still open so closing the client (and the server's shutdown) never waits on them.
@@ -161,7 +172,8 @@ class StreamSession:
         if self._closed:
             return
         try:
-            reader = self._t.client.do_get(flight.Ticket(self.token), self._t.options)
+            token = self.token
+            reader = self._t.client.do_get(flight.Ticket(token), self._t.options("DoGet", token))
         except flight.FlightError as exc:
             self._closed = True
             raise wire.rpc_error_from_flight(exc) from None
@@ -194,9 +206,10 @@ class StreamSession:
     # --- exchange -----------------------------------------------------------------------------
 
     def _open_exchange(self) -> None:
-        descriptor = flight.FlightDescriptor.for_command(self.token)
+        token = self.token
+        descriptor = flight.FlightDescriptor.for_command(token)
         try:
-            writer, reader = self._t.client.do_exchange(descriptor, self._t.options)
+            writer, reader = self._t.client.do_exchange(descriptor, self._t.options("DoExchange", token))
             self._writer, self._reader = writer, reader
             self._read_until(wire.KIND_READY)
             writer.begin(self.input_schema)
@@ -307,8 +320,10 @@ class StreamSession:
                 return
             if self._get_reader is not None:
                 self._get_reader.cancel()
-            action = flight.Action(wire.CANCEL_ACTION, self.token)
-            for result in self._t.client.do_action(action, self._t.options):
+            token = self.token
+            action = flight.Action(wire.CANCEL_ACTION, token)
+            options = self._t.options("DoAction", request_payload("DoAction", token, wire.CANCEL_ACTION))
+            for result in self._t.client.do_action(action, options):
                 _handle_metadata(wire.parse_metadata(result.body.to_pybytes()), self._t.on_log)
         except (flight.FlightError, pa.ArrowException) as exc:
             self._finish_call()
@@ -368,7 +383,8 @@ class _Proxy:
             body = params_framing.encode(encode_params(desc, kwargs)) if desc.params else b""
             result: pa.Buffer | None = None
             try:
-                for item in t.client.do_action(flight.Action(desc.name, body), t.options):
+                options = t.options("DoAction", request_payload("DoAction", body, desc.name))
+                for item in t.client.do_action(flight.Action(desc.name, body), options):
                     if item.body.size and item.body[0] == 0x7B:  # "{": a log record precedes the result
                         _handle_metadata(wire.parse_metadata(item.body), t.on_log)
                     else:
@@ -391,7 +407,8 @@ class _Proxy:
                 raise TypeError(f"{desc.name}() takes keyword arguments only")
             request = wire.encode_call(desc.name, encode_params(desc, kwargs))
             try:
-                info = t.client.get_flight_info(flight.FlightDescriptor.for_command(request), t.options)
+                descriptor = flight.FlightDescriptor.for_command(request)
+                info = t.client.get_flight_info(descriptor, t.options("GetFlightInfo", request))
             except (flight.FlightError, pa.ArrowException) as exc:
                 raise wire.rpc_error_from_flight(exc) from None
             meta = wire.parse_metadata(info.app_metadata)
@@ -446,10 +463,16 @@ class RpcConnection(Generic[P]):
     """A connection to a vgi-flight server; entering it yields the typed proxy."""
 
     def __init__(
-        self, protocol: Callable[..., P], client: flight.FlightClient, options: flight.FlightCallOptions, on_log: OnLog
+        self,
+        protocol: Callable[..., P],
+        client: flight.FlightClient,
+        *,
+        timeout: float | None,
+        auth: ClientCredential | None,
+        on_log: OnLog,
     ) -> None:
         """Wrap a Flight client (use :func:`connect`)."""
-        self._transport = _Transport(client, options, on_log)
+        self._transport = _Transport(client, timeout, auth, on_log)
         self._proxy = cast(P, _Proxy(describe_protocol(cast(type, protocol)), self._transport))
 
     @property
@@ -497,6 +520,7 @@ def connect(
     cert_chain: bytes | None = None,
     private_key: bytes | None = None,
     override_hostname: str | None = None,
+    auth: ClientCredential | None = None,
 ) -> RpcConnection[P]:
     """Connect to a vgi-flight server.
 
@@ -512,6 +536,8 @@ def connect(
         cert_chain: PEM client certificate (mTLS).
         private_key: PEM key of the client certificate.
         override_hostname: Name to verify the server certificate against.
+        auth: How to authenticate every call: :class:`HmacAuth` (request signing) or
+            :class:`BearerAuth`. Client certificates (mTLS) are given with ``cert_chain``.
 
     Returns:
         A connection; entering it yields the typed proxy.
@@ -523,8 +549,7 @@ def connect(
         private_key=private_key,
         override_hostname=override_hostname,
     )
-    options = flight.FlightCallOptions(timeout=timeout)
-    return RpcConnection(protocol, client, options, on_log or _default_on_log)
+    return RpcConnection(protocol, client, timeout=timeout, auth=auth, on_log=on_log or _default_on_log)
 
 
 def introspect(
@@ -534,18 +559,25 @@ def introspect(
     tls_root_certs: bytes | None = None,
     cert_chain: bytes | None = None,
     private_key: bytes | None = None,
+    override_hostname: str | None = None,
+    auth: ClientCredential | None = None,
 ) -> ServiceDescription:
     """Ask a server to describe its service (the ``__describe__`` action).
 
     Remote descriptions carry names, kinds, docs, schemas and defaults; not Python type hints.
+    The keyword arguments mean what they mean for :func:`connect`.
     """
     client = _flight_client(
-        location, tls_root_certs=tls_root_certs, cert_chain=cert_chain, private_key=private_key, override_hostname=None
+        location,
+        tls_root_certs=tls_root_certs,
+        cert_chain=cert_chain,
+        private_key=private_key,
+        override_hostname=override_hostname,
     )
+    transport = _Transport(client, timeout, auth, _default_on_log)
+    options = transport.options("DoAction", request_payload("DoAction", b"", wire.DESCRIBE_ACTION))
     try:
-        results = list(
-            client.do_action(flight.Action(wire.DESCRIBE_ACTION, b""), flight.FlightCallOptions(timeout=timeout))
-        )
+        results = list(client.do_action(flight.Action(wire.DESCRIBE_ACTION, b""), options))
     except (flight.FlightError, pa.ArrowException) as exc:
         raise wire.rpc_error_from_flight(exc) from None
     finally:

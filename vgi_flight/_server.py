@@ -22,6 +22,14 @@ import pyarrow.flight as flight
 
 from vgi_flight import _wire as wire
 from vgi_flight._arrow_types import ArrowSerializableDataclass, arrow_array
+from vgi_flight._auth import (
+    MIDDLEWARE_KEY,
+    AuthenticationError,
+    AuthMiddlewareFactory,
+    ServerAuth,
+    request_payload,
+    resolve_identity,
+)
 from vgi_flight._compact import state_from_bytes, state_to_bytes
 from vgi_flight._context import AuthContext, CallContext
 from vgi_flight._errors import ErrorCode, RpcError
@@ -151,7 +159,11 @@ class _Dispatcher:
         token_ttl: float | None,
         max_token_bytes: int,
         send_tracebacks: bool,
+        auth: ServerAuth | None,
+        encrypt_state: bool,
     ) -> None:
+        self.auth = auth
+        self.encrypt_state = encrypt_state
         self.service = describe_protocol(protocol)
         self.methods: dict[str, BoundMethod] = bind_implementation(self.service, implementation)
         self.implementation = implementation
@@ -191,19 +203,43 @@ class _Dispatcher:
 
     # --- calls --------------------------------------------------------------------------------
 
-    def auth_for(self, context: flight.ServerCallContext) -> AuthContext:
-        """Identify the caller of a Flight call."""
-        peer = context.peer_identity()
-        if peer:
-            return AuthContext(domain="mtls", authenticated=True, principal=peer.decode("utf-8", "replace"))
-        return AuthContext.anonymous()
+    def authenticate(
+        self, context: flight.ServerCallContext, rpc: str, payload: bytes, method: str = ""
+    ) -> AuthContext:
+        """Identify the caller of a Flight call (see :func:`vgi_flight._auth.resolve_identity`).
+
+        Raises:
+            RequestRejectedError: UNAUTHENTICATED, with one message whatever the reason.
+        """
+        middleware = context.get_middleware(MIDDLEWARE_KEY) if self.auth is not None else None
+        try:
+            return resolve_identity(
+                self.auth,
+                middleware.credential if middleware is not None else None,
+                context.peer_identity().decode("utf-8", "replace"),
+                rpc=rpc,
+                payload=payload,
+                method=method,
+            )
+        except AuthenticationError:
+            raise RequestRejectedError(ErrorCode.UNAUTHENTICATED, "authentication failed") from None
+
+    def authorize(self, auth: AuthContext, method: str) -> None:
+        """Apply the authorization policy.
+
+        Raises:
+            RequestRejectedError: PERMISSION_DENIED.
+        """
+        if self.auth is not None and not self.auth.allows(auth, method):
+            who = auth.principal or "anonymous"
+            raise RequestRejectedError(ErrorCode.PERMISSION_DENIED, f"'{who}' is not allowed to call '{method}'")
 
     def new_context(
-        self, context: flight.ServerCallContext, method: str, sink: Callable[[Message], None]
+        self, context: flight.ServerCallContext, auth: AuthContext, method: str, sink: Callable[[Message], None]
     ) -> CallContext:
         """Build the CallContext for one call."""
         return CallContext(
-            auth=self.auth_for(context),
+            auth=auth,
             method=method,
             request_id=os.urandom(8).hex(),
             log_sink=sink,
@@ -267,16 +303,17 @@ class _Dispatcher:
             kwargs[param.name] = value
         return kwargs
 
-    def call_unary(self, context: flight.ServerCallContext, name: str, body: bytes) -> list[bytes]:
+    def call_unary(self, context: flight.ServerCallContext, auth: AuthContext, name: str, body: bytes) -> list[bytes]:
         """Serve a unary DoAction; return the Result bodies (log JSON objects, then the value)."""
         bound = self.lookup(name, MethodKind.UNARY)
+        self.authorize(auth, name)
         desc = bound.description
         params_framing, result_framing = self._framing[name]
         batch = params_framing.decode(body, "action body") if body else None
         kwargs = self.decode_params(desc, batch)
         logs: list[Message] = []
         if bound.takes_ctx:
-            kwargs["ctx"] = self.new_context(context, name, logs.append)
+            kwargs["ctx"] = self.new_context(context, auth, name, logs.append)
         result = bound.call(**kwargs)
         out = [wire.log_json(m) for m in logs]
         out.append(
@@ -302,13 +339,14 @@ class _Dispatcher:
 
     # --- streams ------------------------------------------------------------------------------
 
-    def open_stream(self, context: flight.ServerCallContext, request: bytes) -> _LiveStream:
+    def open_stream(self, context: flight.ServerCallContext, auth: AuthContext, request: bytes) -> _LiveStream:
         """Run a stream method from a call request and hold its state."""
         name, params = wire.decode_call(request)
         bound = self.lookup(name, MethodKind.STREAM)
+        self.authorize(auth, name)
         kwargs = self.decode_params(bound.description, params)
         logs: list[Message] = []
-        ctx = self.new_context(context, name, logs.append)
+        ctx = self.new_context(context, auth, name, logs.append)
         if bound.takes_ctx:
             kwargs["ctx"] = ctx
         stream = bound.call(**kwargs)
@@ -342,20 +380,21 @@ class _Dispatcher:
             output_schema=stream.output_schema,
             input_schema=input_schema,
             exchange=stream.is_exchange,
-            signer=StreamSigner(self.keys, binding, self.token_ttl),
+            signer=StreamSigner(self.keys, binding, self.token_ttl, encrypt=self.encrypt_state),
             ctx=ctx,
             header=header.serialize_to_bytes() if header is not None else None,
             init_logs=logs,
         )
 
-    def resume_stream(self, context: flight.ServerCallContext, token: bytes) -> _LiveStream:
+    def resume_stream(self, context: flight.ServerCallContext, auth: AuthContext, token: bytes) -> _LiveStream:
         """Rebuild a stream from a signed token minted by any replica sharing the key."""
         verified = verify_token(self.keys, token, max_bytes=self.max_token_bytes)
         binding = verified.binding
         bound = self.lookup(binding.method, MethodKind.STREAM)
-        ctx = self.new_context(context, bound.description.name, lambda _m: None)
-        if binding.principal != (ctx.auth.principal or ""):
+        if binding.principal != (auth.principal or ""):
             raise RequestRejectedError(ErrorCode.PERMISSION_DENIED, "this stream token belongs to another principal")
+        self.authorize(auth, binding.method)
+        ctx = self.new_context(context, auth, bound.description.name, lambda _m: None)
         cls = self._resolve_state_class(binding.state_class)
         try:
             state = state_from_bytes(cls, verified.state)
@@ -369,7 +408,7 @@ class _Dispatcher:
             output_schema=wire.read_schema(binding.output_schema, "token output schema"),
             input_schema=input_schema,
             exchange=len(input_schema) > 0 or _is_exchange_class(cls),
-            signer=StreamSigner(self.keys, binding, self.token_ttl),
+            signer=StreamSigner(self.keys, binding, self.token_ttl, encrypt=self.encrypt_state),
             ctx=ctx,
             seq=verified.seq,
         )
@@ -393,14 +432,14 @@ class _Dispatcher:
         return obj
 
     def stream_from(
-        self, context: flight.ServerCallContext, data: bytes, *, exchange: bool
+        self, context: flight.ServerCallContext, auth: AuthContext, data: bytes, *, exchange: bool
     ) -> tuple[_LiveStream, list[bytes]]:
         """Open (call request) or resume (token) a stream; return it and its opening messages' metadata."""
         if wire.is_token(data):
-            live = self.resume_stream(context, data)
+            live = self.resume_stream(context, auth, data)
             prelude = [wire.ready_metadata(live.token(), live.seq, None)]
         else:
-            live = self.open_stream(context, data)
+            live = self.open_stream(context, auth, data)
             prelude = [wire.log_json(m) for m in live.init_logs]
             prelude.append(wire.ready_metadata(live.token(), live.seq, live.header))
         if live.exchange != exchange:
@@ -413,9 +452,9 @@ class _Dispatcher:
             )
         return live, prelude
 
-    def cancel_from_token(self, context: flight.ServerCallContext, token: bytes) -> list[bytes]:
+    def cancel_from_token(self, context: flight.ServerCallContext, auth: AuthContext, token: bytes) -> list[bytes]:
         """Serve the ``__cancel__`` action: run ``on_cancel`` on the state a token carries."""
-        live = self.resume_stream(context, token)
+        live = self.resume_stream(context, auth, token)
         return [wire.log_json(m) for m in live.cancel()]
 
     def describe_bytes(self) -> bytes:
@@ -489,6 +528,10 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
         return iter(())
 
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
+        try:
+            self._d.authenticate(context, "ListActions", b"")
+        except Exception as exc:
+            raise self._d.to_flight_error(exc, "ListActions") from None
         actions = []
         for name, bound in self._d.methods.items():
             desc = bound.description
@@ -504,13 +547,15 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
         name = action.type
         try:
             body = action.body.to_pybytes() if action.body is not None else b""
-            if name == wire.DESCRIBE_ACTION:
-                return iter([self._d.describe_bytes()])
+            auth = self._d.authenticate(context, "DoAction", request_payload("DoAction", body, name), name)
             if name == wire.HEALTH_ACTION:
                 return iter([b'{"status":"SERVING"}'])
+            if name == wire.DESCRIBE_ACTION:
+                self._d.authorize(auth, name)
+                return iter([self._d.describe_bytes()])
             if name == wire.CANCEL_ACTION:
-                return iter(self._d.cancel_from_token(context, body))
-            return iter(self._d.call_unary(context, name, body))
+                return iter(self._d.cancel_from_token(context, auth, body))
+            return iter(self._d.call_unary(context, auth, name, body))
         except Exception as exc:
             raise self._d.to_flight_error(exc, f"DoAction {name}") from None
 
@@ -519,11 +564,12 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
     ) -> flight.FlightInfo:
         try:
             request = _command_of(descriptor)
+            auth = self._d.authenticate(context, "GetFlightInfo", request)
             if wire.is_token(request):
                 raise RequestRejectedError(
                     ErrorCode.INVALID_ARGUMENT, "GetFlightInfo takes a call request, not a token"
                 )
-            live = self._d.open_stream(context, request)
+            live = self._d.open_stream(context, auth, request)
             metadata = wire.stream_info_metadata(
                 exchange=live.exchange,
                 input_schema=wire.schema_bytes(live.input_schema),
@@ -539,17 +585,20 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
     def get_schema(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor) -> flight.SchemaResult:
         try:
             request = _command_of(descriptor)
+            auth = self._d.authenticate(context, "GetSchema", request)
             name, _ = wire.decode_call(request)
             bound = self._d.methods.get(name)
             if bound is not None and bound.description.kind is MethodKind.UNARY:
+                self._d.authorize(auth, name)
                 return flight.SchemaResult(bound.description.result_schema)
-            return flight.SchemaResult(self._d.open_stream(context, request).output_schema)
+            return flight.SchemaResult(self._d.open_stream(context, auth, request).output_schema)
         except Exception as exc:
             raise self._d.to_flight_error(exc, "GetSchema") from None
 
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.GeneratorStream:
         try:
-            live, prelude = self._d.stream_from(context, ticket.ticket, exchange=False)
+            auth = self._d.authenticate(context, "DoGet", ticket.ticket)
+            live, prelude = self._d.stream_from(context, auth, ticket.ticket, exchange=False)
         except Exception as exc:
             raise self._d.to_flight_error(exc, "DoGet") from None
         return flight.GeneratorStream(live.output_schema, self._produce(context, live, prelude))
@@ -582,7 +631,9 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
     ) -> None:
         where = "DoExchange"
         try:
-            live, prelude = self._d.stream_from(context, _command_of(descriptor), exchange=True)
+            command = _command_of(descriptor)
+            auth = self._d.authenticate(context, "DoExchange", command)
+            live, prelude = self._d.stream_from(context, auth, command, exchange=True)
             where = f"DoExchange {live.ctx.method}"
             empty = live.empty_batch
             writer.begin(live.output_schema)
@@ -654,6 +705,8 @@ class RpcServer:
         tls_certificates: list[tuple[bytes, bytes]] | None = None,
         verify_client: bool = False,
         root_certificates: bytes | None = None,
+        auth: ServerAuth | None = None,
+        encrypt_state: bool = False,
     ) -> None:
         """Build (and bind) the server; call :meth:`serve` to block or use it as a context manager.
 
@@ -670,6 +723,11 @@ class RpcServer:
             tls_certificates: ``[(cert_pem, key_pem)]`` to serve TLS.
             verify_client: Require client certificates signed by ``root_certificates`` (mTLS).
             root_certificates: PEM CA bundle for verifying client certificates.
+            auth: Authentication and authorization of callers (HMAC, bearer, hook, mTLS
+                requirements, per-method policy). ``None`` accepts every caller, identified by
+                its client certificate when there is one.
+            encrypt_state: Encrypt stream state inside tokens (AES-GCM) so clients cannot read
+                it; tokens are signed either way.
 
         Raises:
             TypeError: The implementation does not fit the Protocol.
@@ -688,8 +746,12 @@ class RpcServer:
             token_ttl=token_ttl,
             max_token_bytes=max_token_bytes,
             send_tracebacks=send_tracebacks,
+            auth=auth,
+            encrypt_state=encrypt_state,
         )
         kwargs: dict[str, Any] = {}
+        if auth is not None:
+            kwargs["middleware"] = {MIDDLEWARE_KEY: AuthMiddlewareFactory(auth)}
         if tls_certificates:
             kwargs["tls_certificates"] = tls_certificates
             kwargs["verify_client"] = verify_client

@@ -5,7 +5,7 @@ tickets, ``DoExchange`` descriptors and ``app_metadata``; any replica holding th
 and resume the stream. Layout (all integers big-endian)::
 
     magic      4  b"VGT1"
-    flags      1  bit 0: state is encrypted (reserved)
+    flags      1  bit 0: state is encrypted; other bits are reserved and must be 0
     kid        1+n   key id
     stream_id  16
     method     2+n   UTF-8
@@ -16,10 +16,19 @@ and resume the stream. Layout (all integers big-endian)::
     issued_at  8     unix seconds
     expires_at 8     unix seconds, 0 = never
     seq        8     data batches emitted before this point
-    state      4+n   the state dataclass: an Arrow IPC stream, or 0x01 + the compact codec
-    mac        32    HMAC-SHA256(key, all bytes above)
+    state      4+n   the state dataclass: an Arrow IPC stream, or 0x01 + the compact codec;
+                     when encrypted: nonce (12) || AES-256-GCM ciphertext + tag (16)
+    mac        32    HMAC-SHA256(mac_key, all bytes above)
 
-The part up to ``in_schema`` is fixed for a stream, so its HMAC prefix is computed once per stream.
+Every ring secret yields two independent 32-byte keys via HKDF-SHA256: ``mac_key`` (info
+``b"vgi-flight token mac v1"``) and ``enc_key`` (info ``b"vgi-flight token enc v1"``), so one secret
+never serves two purposes. Encryption is encrypt-then-MAC: the state is sealed with AES-GCM under
+``enc_key`` with a random 12-byte nonce and, as associated data, every token byte before the state
+field (``magic`` through ``seq``), so a ciphertext cannot be moved into another token; the HMAC then
+covers the ciphertext like any other field and is checked before decryption is attempted.
+
+The part up to ``in_schema`` (including ``flags``: encryption is fixed per stream) is fixed for a
+stream, so its HMAC prefix is computed once per stream.
 """
 
 from __future__ import annotations
@@ -34,12 +43,27 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 MAGIC = b"VGT1"
 MAC_SIZE = 32
+FLAG_ENCRYPTED = 0x01
+NONCE_SIZE = 12
+GCM_TAG_SIZE = 16
+_KNOWN_FLAGS = FLAG_ENCRYPTED
+_MAC_INFO = b"vgi-flight token mac v1"
+_ENC_INFO = b"vgi-flight token enc v1"
+_DERIVED_KEY_SIZE = 32
+# Stand-in MAC key for unknown key ids, so the check costs the same and fails like a bad MAC.
+_UNKNOWN_KEY_MAC = b"\x00" * _DERIVED_KEY_SIZE
 DEFAULT_MAX_TOKEN_BYTES = 4 * 1024 * 1024
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _TAIL = struct.Struct(">QQQI")
+_TIMES = struct.Struct(">QQQ")
 
 log = logging.getLogger("vgi_flight.tokens")
 
@@ -78,8 +102,9 @@ class VerifiedToken:
         issued_at: When the token was minted (unix seconds).
         expires_at: Expiry (unix seconds), 0 for never.
         seq: Data batches emitted before this point.
-        state: Serialized state bytes.
+        state: Serialized state bytes (the decrypted plaintext when the token was encrypted).
         key_id: The key that signed it.
+        encrypted: Whether the state travelled encrypted.
     """
 
     binding: StreamBinding
@@ -88,6 +113,7 @@ class VerifiedToken:
     seq: int
     state: bytes
     key_id: str
+    encrypted: bool = False
 
 
 def new_stream_id() -> bytes:
@@ -95,8 +121,36 @@ def new_stream_id() -> bytes:
     return uuid.uuid4().bytes
 
 
+@dataclass(frozen=True)
+class _DerivedKeys:
+    """The per-purpose keys derived from one ring secret.
+
+    Attributes:
+        mac: HMAC-SHA256 key.
+        enc: AES-256-GCM key.
+        aead: Cipher object for ``enc`` (stateless, safe to share between threads).
+    """
+
+    mac: bytes
+    enc: bytes
+    aead: AESGCM
+
+
+def _hkdf(secret: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=_DERIVED_KEY_SIZE, salt=None, info=info).derive(secret)
+
+
+def _derive_keys(secret: bytes) -> _DerivedKeys:
+    """Derive the MAC and encryption keys of ``secret`` (HKDF-SHA256, distinct info strings)."""
+    enc = _hkdf(secret, _ENC_INFO)
+    return _DerivedKeys(mac=_hkdf(secret, _MAC_INFO), enc=enc, aead=AESGCM(enc))
+
+
 class KeyRing:
-    """HMAC keys for state tokens: sign with the current key, verify with any listed key.
+    """Secrets for state tokens: sign with the current key, verify with any listed key.
+
+    Each secret is only used as HKDF input; the MAC and encryption keys derived from it are computed
+    once, when the ring is built.
 
     Rotation: add the new key and make it current on every replica, keep the old one listed until
     every token it signed has expired, then remove it.
@@ -122,6 +176,7 @@ class KeyRing:
             if len(secret) < 16:
                 raise ValueError(f"key {kid!r} is shorter than 16 bytes")
         self._keys = {kid: bytes(secret) for kid, secret in keys.items()}
+        self._derived = {kid: _derive_keys(secret) for kid, secret in self._keys.items()}
         self._current = current
 
     @classmethod
@@ -143,6 +198,10 @@ class KeyRing:
         """Return the secret for ``key_id``, or ``None``."""
         return self._keys.get(key_id)
 
+    def _derived_keys(self, key_id: str) -> _DerivedKeys | None:
+        """Return the cached derived keys for ``key_id``, or ``None``."""
+        return self._derived.get(key_id)
+
 
 def _put_str(parts: list[bytes], value: bytes, size: struct.Struct) -> None:
     parts.append(size.pack(len(value)))
@@ -152,32 +211,59 @@ def _put_str(parts: list[bytes], value: bytes, size: struct.Struct) -> None:
 class StreamSigner:
     """Mints the tokens of one stream; the fixed prefix is packed and pre-hashed once."""
 
-    __slots__ = ("_mac", "_prefix", "_ttl", "binding")
+    __slots__ = ("_aead", "_mac", "_prefix", "_ttl", "binding")
 
-    def __init__(self, ring: KeyRing, binding: StreamBinding, ttl: float | None) -> None:
-        """Prepare to mint tokens for ``binding`` with the ring's current key."""
+    def __init__(self, ring: KeyRing, binding: StreamBinding, ttl: float | None, *, encrypt: bool = False) -> None:
+        """Prepare to mint tokens for ``binding`` with the ring's current key.
+
+        Args:
+            ring: Key ring; tokens are signed (and encrypted) with its current key.
+            binding: The stream's fixed facts.
+            ttl: Token lifetime in seconds; ``None`` or 0 for tokens that never expire.
+            encrypt: Encrypt the state so clients cannot read it (AES-256-GCM, encrypt-then-MAC).
+        """
         kid = ring.current.encode()
-        secret = ring.secret(ring.current)
-        assert secret is not None
-        parts = [MAGIC, b"\x00", bytes([len(kid)]), kid, binding.stream_id]
+        keys = ring._derived_keys(ring.current)
+        assert keys is not None
+        flags = FLAG_ENCRYPTED if encrypt else 0
+        parts = [MAGIC, bytes([flags]), bytes([len(kid)]), kid, binding.stream_id]
         for text in (binding.method, binding.principal, binding.state_class):
             _put_str(parts, text.encode(), _U16)
         _put_str(parts, binding.output_schema, _U32)
         _put_str(parts, binding.input_schema, _U32)
         self._prefix = b"".join(parts)
-        self._mac = hmac.new(secret, self._prefix, hashlib.sha256)
+        self._mac = hmac.new(keys.mac, self._prefix, hashlib.sha256)
+        self._aead = keys.aead if encrypt else None
         self._ttl = ttl
         self.binding = binding
 
+    @property
+    def encrypted(self) -> bool:
+        """Whether this signer encrypts the state."""
+        return self._aead is not None
+
     def mint(self, seq: int, state: bytes) -> bytes:
-        """Return a token for the stream at position ``seq`` with serialized ``state``."""
+        """Return a token for the stream at position ``seq`` with serialized ``state``.
+
+        Args:
+            seq: Data batches emitted before this point.
+            state: Serialized state bytes (encrypted into the token when the signer encrypts).
+
+        Returns:
+            The token bytes.
+        """
         now = int(time.time())
         expires = now + int(self._ttl) if self._ttl else 0
-        tail = _TAIL.pack(now, expires, seq, len(state))
+        times = _TIMES.pack(now, expires, seq)
+        if self._aead is not None:
+            nonce = os.urandom(NONCE_SIZE)
+            state = nonce + self._aead.encrypt(nonce, state, self._prefix + times)
+        length = _U32.pack(len(state))
         mac = self._mac.copy()
-        mac.update(tail)
+        mac.update(times)
+        mac.update(length)
         mac.update(state)
-        return b"".join((self._prefix, tail, state, mac.digest()))
+        return b"".join((self._prefix, times, length, state, mac.digest()))
 
 
 class _Reader:
@@ -203,12 +289,22 @@ class _Reader:
 def verify_token(
     ring: KeyRing, token: bytes, *, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES, now: float | None = None
 ) -> VerifiedToken:
-    """Check a token's signature and expiry and unpack it.
+    """Check a token's signature and expiry, decrypt its state if needed and unpack it.
 
-    The MAC is checked (in constant time) before any field is trusted.
+    The MAC is checked (in constant time) before any field is trusted or any decryption is tried.
+
+    Args:
+        ring: Keys the token may have been signed with.
+        token: The token bytes.
+        max_bytes: Tokens longer than this are refused before any work is done.
+        now: Current unix time for the expiry check (default: the clock).
+
+    Returns:
+        The verified token, with the plaintext state.
 
     Raises:
-        TokenError: Malformed, too large, signed by an unknown key, tampered or expired.
+        TokenError: Malformed, too large, signed by an unknown key, tampered, expired, using unknown
+            flags or undecryptable.
     """
     if len(token) > max_bytes:
         raise TokenError(f"token of {len(token)} bytes exceeds the {max_bytes}-byte limit")
@@ -217,15 +313,17 @@ def verify_token(
     body, mac = token[:-MAC_SIZE], token[-MAC_SIZE:]
     kid_len = body[5]
     kid = body[6 : 6 + kid_len].decode("utf-8", "replace")
-    secret = ring.secret(kid)
+    keys = ring._derived_keys(kid)
     # An unknown key and a bad MAC are reported identically so a prober learns nothing.
-    expected = hmac.new(secret if secret is not None else b"\x00" * 32, body, hashlib.sha256).digest()
-    if not hmac.compare_digest(expected, mac) or secret is None:
+    expected = hmac.new(keys.mac if keys is not None else _UNKNOWN_KEY_MAC, body, hashlib.sha256).digest()
+    if not hmac.compare_digest(expected, mac) or keys is None:
         raise TokenError("token signature is invalid")
+    flags = body[4]
+    if flags & ~_KNOWN_FLAGS:
+        raise TokenError("token uses features this server does not support")
+    encrypted = bool(flags & FLAG_ENCRYPTED)
     reader = _Reader(body)
     reader.take(6 + kid_len)
-    if body[4] != 0:
-        raise TokenError("encrypted tokens are not supported by this server")
     try:
         stream_id = reader.take(16)
         method = reader.sized(_U16).decode()
@@ -233,6 +331,7 @@ def verify_token(
         state_class = reader.sized(_U16).decode()
         out_schema = reader.sized(_U32)
         in_schema = reader.sized(_U32)
+        aad_end = reader.pos + _TIMES.size
         issued_at, expires_at, seq, state_len = _TAIL.unpack(reader.take(_TAIL.size))
         state = reader.take(state_len)
     except (UnicodeDecodeError, struct.error) as exc:
@@ -241,5 +340,17 @@ def verify_token(
         raise TokenError("token has trailing bytes")
     if expires_at and (now if now is not None else time.time()) > expires_at:
         raise TokenError("token has expired")
+    if encrypted:
+        state = _decrypt_state(keys.aead, state, body[:aad_end])
     binding = StreamBinding(stream_id, method, principal, state_class, out_schema, in_schema)
-    return VerifiedToken(binding, issued_at, expires_at, seq, state, kid)
+    return VerifiedToken(binding, issued_at, expires_at, seq, state, kid, encrypted)
+
+
+def _decrypt_state(aead: AESGCM, sealed: bytes, aad: bytes) -> bytes:
+    """Open an encrypted state field (``nonce || ciphertext+tag``) bound to ``aad``."""
+    if len(sealed) < NONCE_SIZE + GCM_TAG_SIZE:
+        raise TokenError("token is malformed: encrypted state is too short")
+    try:
+        return aead.decrypt(sealed[:NONCE_SIZE], sealed[NONCE_SIZE:], aad)
+    except InvalidTag:
+        raise TokenError("token state could not be decrypted") from None
