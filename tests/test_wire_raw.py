@@ -270,3 +270,39 @@ def test_client_disconnect_mid_stream(client: flight.FlightClient) -> None:
         reader.read_chunk()
     reader.cancel()
     assert_serving(client)
+
+
+@pytest.fixture
+def small_limit_client() -> Iterator[flight.FlightClient]:
+    from tests.conformance_service import Conformance, ConformanceImpl
+    from vgi_flight import RpcServer
+
+    with RpcServer(Conformance, ConformanceImpl(), token_key=b"k" * 32, max_request_bytes=4096) as server:
+        c = flight.connect(server.location)
+        yield c
+        c.close()
+
+
+def test_oversized_requests_are_refused(small_limit_client: flight.FlightClient) -> None:
+    client = small_limit_client
+    big = "x" * 10_000
+    with pytest.raises(flight.FlightError) as info:
+        list(client.do_action(flight.Action("echo_str", ipc(pa.record_batch({"value": [big]})))))
+    assert error_body(info.value)["code"] == "RESOURCE_EXHAUSTED"
+    with pytest.raises(flight.FlightError) as info:
+        client.get_flight_info(flight.FlightDescriptor.for_command(call_request("count", {"tag": pa.array([big])})))
+    assert error_body(info.value)["code"] == "RESOURCE_EXHAUSTED"
+    with pytest.raises(flight.FlightError) as info:
+        client.do_get(flight.Ticket(b"VGT1" + b"x" * 10_000)).read_all()
+    assert error_body(info.value)["code"] == "RESOURCE_EXHAUSTED"
+    writer, reader = client.do_exchange(flight.FlightDescriptor.for_command(call_request("echo_stream", {})))
+    reader.read_chunk()
+    writer.begin(pa.schema([("x", pa.float64())]))
+    writer.write_batch(pa.record_batch({"x": [1.0] * 2000}))
+    with pytest.raises(flight.FlightError) as info:
+        read_until_end(reader)
+    assert error_body(info.value)["code"] == "RESOURCE_EXHAUSTED"
+    with pytest.raises(flight.FlightError):
+        writer.close()
+    result = list(client.do_action(flight.Action("echo_str", ipc(pa.record_batch({"value": ["small"]})))))[-1]
+    assert pa.ipc.open_stream(result.body).read_all().to_pydict() == {"result": ["small"]}

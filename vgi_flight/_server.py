@@ -161,8 +161,10 @@ class _Dispatcher:
         send_tracebacks: bool,
         auth: ServerAuth | None,
         encrypt_state: bool,
+        max_request_bytes: int,
     ) -> None:
         self.auth = auth
+        self.max_request_bytes = max_request_bytes
         self.encrypt_state = encrypt_state
         self.service = describe_protocol(protocol)
         self.methods: dict[str, BoundMethod] = bind_implementation(self.service, implementation)
@@ -223,6 +225,27 @@ class _Dispatcher:
             )
         except AuthenticationError:
             raise RequestRejectedError(ErrorCode.UNAUTHENTICATED, "authentication failed") from None
+
+    def check_size(self, size: int, what: str) -> None:
+        """Refuse a request part larger than ``max_request_bytes``.
+
+        Raises:
+            RequestRejectedError: RESOURCE_EXHAUSTED.
+        """
+        if size > self.max_request_bytes:
+            raise RequestRejectedError(
+                ErrorCode.RESOURCE_EXHAUSTED, f"{what} of {size} bytes exceeds the {self.max_request_bytes}-byte limit"
+            )
+
+    def command_of(self, descriptor: flight.FlightDescriptor) -> bytes:
+        """The command of a descriptor (vgi-flight uses only command descriptors)."""
+        if descriptor.descriptor_type != flight.DescriptorType.CMD:
+            raise RequestRejectedError(
+                ErrorCode.INVALID_ARGUMENT, "vgi-flight descriptors are commands (call requests or tokens)"
+            )
+        command: bytes = descriptor.command
+        self.check_size(len(command), "command")
+        return command
 
     def authorize(self, auth: AuthContext, method: str) -> None:
         """Apply the authorization policy.
@@ -546,6 +569,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
         name = action.type
         try:
+            self._d.check_size(action.body.size if action.body is not None else 0, "action body")
             body = action.body.to_pybytes() if action.body is not None else b""
             auth = self._d.authenticate(context, "DoAction", request_payload("DoAction", body, name), name)
             if name == wire.HEALTH_ACTION:
@@ -563,7 +587,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
         try:
-            request = _command_of(descriptor)
+            request = self._d.command_of(descriptor)
             auth = self._d.authenticate(context, "GetFlightInfo", request)
             if wire.is_token(request):
                 raise RequestRejectedError(
@@ -584,7 +608,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
 
     def get_schema(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor) -> flight.SchemaResult:
         try:
-            request = _command_of(descriptor)
+            request = self._d.command_of(descriptor)
             auth = self._d.authenticate(context, "GetSchema", request)
             name, _ = wire.decode_call(request)
             bound = self._d.methods.get(name)
@@ -597,6 +621,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
 
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.GeneratorStream:
         try:
+            self._d.check_size(len(ticket.ticket), "ticket")
             auth = self._d.authenticate(context, "DoGet", ticket.ticket)
             live, prelude = self._d.stream_from(context, auth, ticket.ticket, exchange=False)
         except Exception as exc:
@@ -631,7 +656,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
     ) -> None:
         where = "DoExchange"
         try:
-            command = _command_of(descriptor)
+            command = self._d.command_of(descriptor)
             auth = self._d.authenticate(context, "DoExchange", command)
             live, prelude = self._d.stream_from(context, auth, command, exchange=True)
             where = f"DoExchange {live.ctx.method}"
@@ -645,6 +670,14 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
                 except StopIteration:
                     return
                 batch = chunk.data
+                if batch is not None:
+                    self._d.check_size(batch.nbytes, "input batch")
+                    try:
+                        batch.validate(full=True)
+                    except pa.ArrowInvalid as exc:
+                        raise RequestRejectedError(
+                            ErrorCode.INVALID_ARGUMENT, f"malformed input batch: {exc}"
+                        ) from None
                 if batch is None:
                     control = wire.parse_metadata(chunk.app_metadata)
                     if control.get("kind") == wire.KIND_CANCEL:
@@ -674,15 +707,6 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
             raise self._d.to_flight_error(exc, where) from None
 
 
-def _command_of(descriptor: flight.FlightDescriptor) -> bytes:
-    if descriptor.descriptor_type != flight.DescriptorType.CMD:
-        raise RequestRejectedError(
-            ErrorCode.INVALID_ARGUMENT, "vgi-flight descriptors are commands (call requests or tokens)"
-        )
-    command: bytes = descriptor.command
-    return command
-
-
 class RpcServer:
     """Serve a Protocol implementation over Arrow Flight.
 
@@ -707,6 +731,7 @@ class RpcServer:
         root_certificates: bytes | None = None,
         auth: ServerAuth | None = None,
         encrypt_state: bool = False,
+        max_request_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         """Build (and bind) the server; call :meth:`serve` to block or use it as a context manager.
 
@@ -728,6 +753,8 @@ class RpcServer:
                 its client certificate when there is one.
             encrypt_state: Encrypt stream state inside tokens (AES-GCM) so clients cannot read
                 it; tokens are signed either way.
+            max_request_bytes: Largest action body, command, ticket or exchange input batch
+                accepted; larger ones are refused with RESOURCE_EXHAUSTED.
 
         Raises:
             TypeError: The implementation does not fit the Protocol.
@@ -748,6 +775,7 @@ class RpcServer:
             send_tracebacks=send_tracebacks,
             auth=auth,
             encrypt_state=encrypt_state,
+            max_request_bytes=max_request_bytes,
         )
         kwargs: dict[str, Any] = {}
         if auth is not None:

@@ -104,7 +104,7 @@ class BatchFraming:
                     message = pa.ipc.read_message(buf.slice(start, end - start))
                     if message.type == "record batch" and 8 + message.metadata.size + message.body.size == end - start:
                         batch = pa.ipc.read_record_batch(message, self.schema)
-                        batch.validate()
+                        batch.validate(full=True)  # untrusted bytes: buffer sizes, offsets, UTF-8
                         return batch
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError):
                     pass  # the general reader below reports the problem
@@ -120,6 +120,8 @@ def read_single_batch(data: bytes | pa.Buffer, what: str) -> pa.RecordBatch:
     try:
         reader = pa.ipc.open_stream(data)
         batches = list(reader)
+        for batch in batches:
+            batch.validate(full=True)  # untrusted bytes: buffer sizes, offsets, UTF-8
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError) as exc:
         raise WireError(f"{what} is not a valid Arrow IPC stream: {_short(exc)}") from None
     if len(batches) != 1:

@@ -1,0 +1,111 @@
+"""Bounded fuzzing of everything that decodes bytes from the network.
+
+CI runs a few hundred examples per target. For a longer local run:
+
+    VGI_FUZZ_EXAMPLES=20000 ./scripts/test tests/test_fuzz.py tests/test_tokens.py
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.flight as flight
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conformance_service import Conformance, ConformanceImpl
+from vgi_flight import RpcServer
+from vgi_flight import _wire as wire
+from vgi_flight._errors import RpcError
+
+EXAMPLES = int(os.environ.get("VGI_FUZZ_EXAMPLES", "200"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+VALID_CALL = wire.encode_call("add", pa.record_batch({"a": [1], "b": [2]}))
+PARAMS = pa.schema([pa.field("a", pa.int64(), False), pa.field("b", pa.int64(), False)])
+
+
+def mutate(data: bytes, flips: list[int], cut: int) -> bytes:
+    buf = bytearray(data)
+    for f in flips:
+        buf[f % len(buf)] ^= 1 << (f % 8)
+    return bytes(buf[: max(0, len(buf) - cut)])
+
+
+@FUZZ
+@given(st.binary(max_size=2048))
+def test_decode_call_random_bytes(blob: bytes) -> None:
+    with contextlib.suppress(wire.WireError):
+        wire.decode_call(blob)
+
+
+@FUZZ
+@given(st.lists(st.integers(min_value=0), max_size=8), st.integers(0, 64))
+def test_decode_call_mutated(flips: list[int], cut: int) -> None:
+    try:
+        method, batch = wire.decode_call(mutate(VALID_CALL, flips, cut))
+    except wire.WireError:
+        return
+    assert isinstance(method, str)
+    batch.validate(full=True)
+
+
+@FUZZ
+@given(st.lists(st.integers(min_value=0), max_size=8), st.integers(0, 64))
+def test_batch_framing_mutated(flips: list[int], cut: int) -> None:
+    framing = wire.BatchFraming(PARAMS)
+    data = mutate(framing.encode(pa.record_batch({"a": [1], "b": [2]}, schema=PARAMS)), flips, cut)
+    with contextlib.suppress(wire.WireError):
+        framing.decode(data, "fuzz").validate(full=True)
+
+
+@FUZZ
+@given(st.binary(max_size=512) | st.text(max_size=200).map(str.encode))
+def test_parse_metadata(blob: bytes) -> None:
+    try:
+        result = wire.parse_metadata(blob)
+    except wire.WireError:
+        return
+    assert isinstance(result, dict)
+
+
+@FUZZ
+@given(st.text(max_size=400))
+def test_error_decoding_never_raises(text: str) -> None:
+    error = wire.rpc_error_from_flight(flight.FlightServerError(text))
+    assert isinstance(error, RpcError)
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[flight.FlightClient]:
+    with RpcServer(Conformance, ConformanceImpl(), token_key=b"k" * 32) as server:
+        client = flight.connect(server.location)
+        yield client
+        client.close()
+
+
+@settings(max_examples=max(20, EXAMPLES // 4), deadline=None)
+@given(st.lists(st.integers(min_value=0), max_size=6), st.integers(0, 40), st.sampled_from(["action", "info", "get"]))
+def test_live_server_refuses_mutated_requests_cleanly(
+    live: flight.FlightClient, flips: list[int], cut: int, rpc: str
+) -> None:
+    data = mutate(VALID_CALL, flips, cut)
+    refusal = ""
+    try:
+        if rpc == "action":
+            list(live.do_action(flight.Action("add", data)))
+        elif rpc == "info":
+            live.get_flight_info(flight.FlightDescriptor.for_command(data))
+        else:
+            live.do_get(flight.Ticket(data)).read_all()
+    except flight.FlightError as exc:
+        refusal = str(exc)
+    if refusal:
+        assert '{"vgi_error"' in refusal
+        assert "Traceback" not in refusal
+    result = list(live.do_action(flight.Action("__health__", b"")))
+    assert result[0].body.to_pybytes() == b'{"status":"SERVING"}'
