@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import pyarrow.flight as flight
 
@@ -29,10 +30,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @contextmanager
-def server_process(which: str) -> Iterator[str]:
+def server_process(which: str, *options: str) -> Iterator[str]:
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.services", which], stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT
+        [sys.executable, "-m", "benchmarks.services", which, *options],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )
     assert proc.stdout is not None
     location = proc.stdout.readline().strip()
@@ -87,6 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run, noisy)")
     parser.add_argument("--json", help="also write results to this file")
+    parser.add_argument("--no-secure", action="store_true", help="skip the mTLS + HMAC rows")
     args = parser.parse_args()
     scale = 0.1 if args.quick else 1.0
     rounds = 5
@@ -186,10 +192,115 @@ def main() -> None:
             )
         raw.close()
 
+    if not args.no_secure:
+        rows += secure_rows(rounds, max(20, int(400 * scale)), max(64, int(1024 * scale)))
     print_table(rows)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump([asdict(r) for r in rows], fh, indent=2)
+
+
+def token_cost_us(samples: int = 20_000) -> tuple[float, float]:
+    """Median µs to mint and to verify one token for a small flat state (in-process, no network)."""
+    from benchmarks.services import EchoState
+    from vgi_flight._compact import state_to_bytes
+    from vgi_flight._tokens import KeyRing, StreamBinding, StreamSigner, new_stream_id, verify_token
+
+    ring = KeyRing.single(b"k" * 32)
+    binding = StreamBinding(
+        new_stream_id(),
+        "echo",
+        "bench",
+        "benchmarks.services:EchoState",
+        SMALL_SCHEMA.serialize().to_pybytes(),
+        SMALL_SCHEMA.serialize().to_pybytes(),
+    )
+    signer = StreamSigner(ring, binding, 3600)
+    state = EchoState(turns=7)
+    mint = latency_samples(lambda: signer.mint(7, state_to_bytes(state)), samples)
+    token = signer.mint(7, state_to_bytes(state))
+    verify = latency_samples(lambda: verify_token(ring, token), samples)
+    return statistics.median(mint) * 1e6, statistics.median(verify) * 1e6
+
+
+def secure_rows(rounds: int, n: int, nbatches: int) -> list[Row]:
+    """The same workloads over mTLS, vgi-flight also requiring HMAC-signed requests."""
+    import importlib.util
+    import tempfile
+
+    from benchmarks.services import HMAC_KEY_ID, HMAC_SECRET
+    from vgi_flight import HmacAuth
+
+    spec = importlib.util.spec_from_file_location("certs_generate", os.path.join(ROOT, "certs", "generate.py"))
+    assert spec is not None
+    assert spec.loader is not None
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as directory:
+        generate.generate(directory, principals=["bench"], force=True)
+        files = {n: Path(directory, n).read_bytes() for n in ("ca.pem", "client-bench.pem", "client-bench.key")}
+        tls = {
+            "tls_root_certs": files["ca.pem"],
+            "cert_chain": files["client-bench.pem"],
+            "private_key": files["client-bench.key"],
+        }
+        with (
+            server_process("vgi", "--tls", directory, "--hmac") as vgi_loc,
+            server_process("raw", "--tls", directory) as raw_loc,
+        ):
+            raw = flight.FlightClient(raw_loc, **tls)
+            with connect(BenchService, vgi_loc, auth=HmacAuth(HMAC_KEY_ID, HMAC_SECRET), **tls) as svc:
+
+                def raw_add() -> int:
+                    result = list(raw.do_action(flight.Action("add", ipc(small_add_batch(2, 40)))))[-1]
+                    return int(read_one(result.body).column(0)[0].as_py())
+
+                v, r = interleave(lambda: svc.add(a=2, b=40), raw_add, rounds, n)
+                rows.append(latency_row("mTLS+HMAC unary add", v, r, ""))
+
+                batch = small_batch(1)
+                with svc.echo() as session:
+                    writer, reader = raw.do_exchange(flight.FlightDescriptor.for_command(b"echo"))
+                    writer.begin(SMALL_SCHEMA)
+
+                    def raw_turn() -> None:
+                        writer.write_batch(batch)
+                        reader.read_chunk()
+
+                    v, r = interleave(lambda: session.exchange(AnnotatedBatch(batch)), raw_turn, rounds, n)
+                    writer.done_writing()
+                    for _ in reader:
+                        pass
+                    writer.close()
+                rows.append(latency_row("mTLS+HMAC exchange round trip", v, r, "p50 <= 1.6x"))
+
+                nbytes = nbatches * bulk_batch().nbytes
+                v, r = interleave(
+                    lambda: sum(1 for _ in svc.bulk(batches=nbatches)),
+                    lambda: sum(1 for _ in raw.do_get(flight.Ticket(f"bulk:{nbatches}".encode()))),
+                    rounds,
+                    1,
+                )
+                vg, rg = [nbytes / s / 1e9 for s in v], [nbytes / s / 1e9 for s in r]
+                rows.append(
+                    Row(
+                        f"mTLS bulk producer {nbytes / 2**30:.2f} GiB",
+                        "GB/s",
+                        statistics.median(vg),
+                        statistics.median(rg),
+                        statistics.median(vg) / statistics.median(rg),
+                        target=">= 0.9x",
+                    )
+                )
+            raw.close()
+    # Tokens have no raw counterpart: report their cost beside a raw exchange round trip of this run.
+    raw_turn_us = next(row.raw for row in rows if row.workload == "mTLS+HMAC exchange round trip")
+    mint, verify = token_cost_us()
+    share = "share of a raw round trip"
+    rows.append(Row("token mint, per turn (small state)", "us", mint, raw_turn_us, mint / raw_turn_us, target=share))
+    rows.append(Row("token verify, per resume", "us", verify, raw_turn_us, verify / raw_turn_us, target=share))
+    return rows
 
 
 def small_add_batch(a: int, b: int):  # type: ignore[no-untyped-def]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -15,9 +16,11 @@ from vgi_flight import (
     AnnotatedBatch,
     CallContext,
     ExchangeState,
+    HmacKey,
     OutputCollector,
     ProducerState,
     RpcServer,
+    ServerAuth,
     Stream,
     StreamState,
 )
@@ -147,15 +150,38 @@ class RawServer(flight.FlightServerBase):  # type: ignore[misc]
             writer.write_batch(chunk.data)
 
 
+HMAC_KEY_ID = "bench"
+HMAC_SECRET = b"h" * 32
+
+
 def main() -> None:
-    """``python -m benchmarks.services vgi|raw``: serve on a free loopback port, print the location."""
-    which = sys.argv[1]
+    """``python -m benchmarks.services vgi|raw [--tls DIR] [--hmac]``: serve on loopback, print the location.
+
+    ``--tls DIR`` serves mTLS with DIR/server.pem, DIR/server.key and client certificates verified
+    against DIR/ca.pem. ``--hmac`` (vgi only) requires HMAC-signed requests.
+    """
+    args = sys.argv[1:]
+    which = args[0]
+    tls: dict[str, Any] = {}
+    scheme = "grpc"
+    if "--tls" in args:
+        directory = Path(args[args.index("--tls") + 1])
+        cert, key = (directory / "server.pem").read_bytes(), (directory / "server.key").read_bytes()
+        tls = {
+            "tls_certificates": [(cert, key)],
+            "verify_client": True,
+            "root_certificates": (directory / "ca.pem").read_bytes(),
+        }
+        scheme = "grpc+tls"
     if which == "raw":
-        server = RawServer("grpc://127.0.0.1:0")
-        print(f"grpc://127.0.0.1:{server.port}", flush=True)
+        server = RawServer(f"{scheme}://127.0.0.1:0", **tls)
+        print(f"{scheme}://127.0.0.1:{server.port}", flush=True)
         server.serve()
     else:
-        rpc = RpcServer(BenchService, BenchServiceImpl(), "grpc://127.0.0.1:0", token_key=b"b" * 32)
+        auth = ServerAuth(hmac_keys={HMAC_KEY_ID: HmacKey(HMAC_SECRET, "bench")}) if "--hmac" in args else None
+        rpc = RpcServer(
+            BenchService, BenchServiceImpl(), f"{scheme}://127.0.0.1:0", token_key=b"b" * 32, auth=auth, **tls
+        )
         print(rpc.location, flush=True)
         rpc.serve()
 
