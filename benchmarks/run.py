@@ -26,6 +26,7 @@ import pyarrow.flight as flight
 from benchmarks.services import SMALL_SCHEMA, BenchService, bulk_batch, ipc, read_one, small_batch
 from vgi_flight import AnnotatedBatch, connect
 
+BULK_ROUNDS = 9  # one sample per round: more rounds steady the median of the throughput rows
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -178,7 +179,7 @@ def main() -> None:
                 for _ in raw.do_get(flight.Ticket(f"bulk:{nbatches}".encode())):
                     pass
 
-            v, r = interleave(vgi_bulk, raw_bulk, rounds, 1)
+            v, r = interleave(vgi_bulk, raw_bulk, BULK_ROUNDS, 1)
             vg, rg = [nbytes / s / 1e9 for s in v], [nbytes / s / 1e9 for s in r]
             rows.append(
                 Row(
@@ -279,7 +280,7 @@ def secure_rows(rounds: int, n: int, nbatches: int) -> list[Row]:
                 v, r = interleave(
                     lambda: sum(1 for _ in svc.bulk(batches=nbatches)),
                     lambda: sum(1 for _ in raw.do_get(flight.Ticket(f"bulk:{nbatches}".encode()))),
-                    rounds,
+                    BULK_ROUNDS,
                     1,
                 )
                 vg, rg = [nbytes / s / 1e9 for s in v], [nbytes / s / 1e9 for s in r]

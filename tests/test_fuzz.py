@@ -109,3 +109,13 @@ def test_live_server_refuses_mutated_requests_cleanly(
         assert "Traceback" not in refusal
     result = list(live.do_action(flight.Action("__health__", b"")))
     assert result[0].body.to_pybytes() == b'{"status":"SERVING"}'
+
+
+@FUZZ
+@given(st.binary(max_size=600), st.integers(0, 2**63))
+def test_data_metadata_fast_path_matches_json(token: bytes, seq: int) -> None:
+    import json
+
+    encoded = wire.data_metadata(token, seq, None)
+    assert wire.parse_metadata(encoded) == json.loads(encoded)
+    assert wire.unb64(wire.parse_metadata(encoded)["token"], "token") == token
