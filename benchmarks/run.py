@@ -152,19 +152,7 @@ def main() -> None:
             rows.append(median_row("exchange 20 rounds (open+close)", v, r, "ms"))
 
             # one exchange round trip inside an open stream (the state token is minted every turn)
-            with svc.echo() as session:
-                writer, reader = raw.do_exchange(flight.FlightDescriptor.for_command(b"echo"))
-                writer.begin(SMALL_SCHEMA)
-
-                def raw_turn() -> None:
-                    writer.write_batch(batch)
-                    reader.read_chunk()
-
-                v, r = interleave(lambda: session.exchange(AnnotatedBatch(batch)), raw_turn, rounds, n)
-                writer.done_writing()
-                for _ in reader:
-                    pass
-                writer.close()
+            v, r = exchange_turns(svc, raw, rounds, n)
             rows.append(latency_row("exchange round trip", v, r, "p50 <= 1.5x"))
 
             # bulk producer: ~1 GiB (1024 x 1 MiB batches) in the full run
@@ -199,6 +187,25 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump([asdict(r) for r in rows], fh, indent=2)
+
+
+def exchange_turns(svc: BenchService, raw: flight.FlightClient, rounds: int, n: int) -> tuple[list[float], list[float]]:
+    """Latency of one exchange round trip inside an open stream, vgi-flight (token per turn) and raw."""
+    batch = small_batch(1)
+    with svc.echo() as session:
+        writer, reader = raw.do_exchange(flight.FlightDescriptor.for_command(b"echo"))
+        writer.begin(SMALL_SCHEMA)
+
+        def raw_turn() -> None:
+            writer.write_batch(batch)
+            reader.read_chunk()
+
+        samples = interleave(lambda: session.exchange(AnnotatedBatch(batch)), raw_turn, rounds, n)
+        writer.done_writing()
+        for _ in reader:
+            pass
+        writer.close()
+    return samples
 
 
 def token_cost_us(samples: int = 20_000) -> tuple[float, float]:
@@ -260,20 +267,7 @@ def secure_rows(rounds: int, n: int, nbatches: int) -> list[Row]:
                 v, r = interleave(lambda: svc.add(a=2, b=40), raw_add, rounds, n)
                 rows.append(latency_row("mTLS+HMAC unary add", v, r, ""))
 
-                batch = small_batch(1)
-                with svc.echo() as session:
-                    writer, reader = raw.do_exchange(flight.FlightDescriptor.for_command(b"echo"))
-                    writer.begin(SMALL_SCHEMA)
-
-                    def raw_turn() -> None:
-                        writer.write_batch(batch)
-                        reader.read_chunk()
-
-                    v, r = interleave(lambda: session.exchange(AnnotatedBatch(batch)), raw_turn, rounds, n)
-                    writer.done_writing()
-                    for _ in reader:
-                        pass
-                    writer.close()
+                v, r = exchange_turns(svc, raw, rounds, n)
                 rows.append(latency_row("mTLS+HMAC exchange round trip", v, r, "p50 <= 1.6x"))
 
                 nbytes = nbatches * bulk_batch().nbytes
