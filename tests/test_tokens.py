@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 
 import pytest
 from hypothesis import given, settings
@@ -19,6 +20,12 @@ from vgi_flight._tokens import (
     new_stream_id,
     verify_token,
 )
+
+
+def examples(default: int) -> int:
+    """Hypothesis examples per property: ``default`` in CI, ``VGI_FUZZ_EXAMPLES`` for long local runs."""
+    return max(default, int(os.environ.get("VGI_FUZZ_EXAMPLES", "0")))
+
 
 KEY = b"k" * 32
 BINDING = StreamBinding(new_stream_id(), "fetch", "alice", "mod:State", b"out-schema", b"in-schema")
@@ -78,7 +85,7 @@ def test_short_keys_rejected() -> None:
         KeyRing.single(b"short")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.integers(min_value=0), st.data())
 def test_any_single_bit_flip_is_refused(bit: int, data: st.DataObject) -> None:
     ring = KeyRing.single(KEY)
@@ -89,14 +96,14 @@ def test_any_single_bit_flip_is_refused(bit: int, data: st.DataObject) -> None:
         verify_token(ring, bytes(token))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_are_refused_cleanly(blob: bytes) -> None:
     with pytest.raises(TokenError):
         verify_token(KeyRing.single(KEY), blob)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.integers(min_value=1, max_value=200))
 def test_truncation_is_refused(cut: int) -> None:
     ring = KeyRing.single(KEY)
@@ -105,7 +112,7 @@ def test_truncation_is_refused(cut: int) -> None:
         verify_token(ring, token[: max(0, len(token) - cut)])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.integers(0, 2**64 - 1), st.binary(max_size=256), st.text(max_size=20), st.text(max_size=20))
 def test_round_trip_property(seq: int, state: bytes, method: str, principal: str) -> None:
     ring = KeyRing.single(KEY)
@@ -225,7 +232,7 @@ def test_truncated_ciphertext_is_refused() -> None:
         verify_token(ring, remac(ring, forged))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.integers(min_value=0), st.data())
 def test_any_single_bit_flip_in_encrypted_token_is_refused(bit: int, data: st.DataObject) -> None:
     ring = KeyRing.single(KEY)
@@ -237,7 +244,7 @@ def test_any_single_bit_flip_in_encrypted_token_is_refused(bit: int, data: st.Da
         verify_token(ring, bytes(token))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.integers(0, 2**64 - 1), st.binary(max_size=256), st.text(max_size=20), st.booleans())
 def test_encrypted_round_trip_property(seq: int, state: bytes, method: str, encrypt: bool) -> None:
     ring = KeyRing.single(KEY)
