@@ -110,6 +110,21 @@ class ZeroColumnState(ExchangeState):
         out.emit_pydict({"turns": [self.turns], "rows": [input.batch.num_rows]})
 
 
+@dataclass
+class BigState(ProducerState):
+    rows: int
+    batches: int = 2
+    sent: int = 0
+
+    def produce(self, out: OutputCollector, ctx: CallContext) -> None:
+        if self.sent >= self.batches:
+            out.finish()
+            return
+        start = self.sent * self.rows
+        out.emit_pydict({"i": list(range(start, start + self.rows)), "s": [f"row-{n:08d}" for n in range(self.rows)]})
+        self.sent += 1
+
+
 class Conformance(Protocol):
     """Conformance service."""
 
@@ -140,6 +155,7 @@ class Conformance(Protocol):
     def echo_stream(self, tag: str = "", fail_on: int = -1) -> Stream[StreamState, Header]: ...
     def zero_columns(self) -> Stream[StreamState]: ...
     def broken_stream(self) -> Stream[StreamState]: ...
+    def big(self, rows: int, batches: int = 2) -> Stream[StreamState]: ...
 
 
 class ConformanceImpl:
@@ -229,6 +245,9 @@ class ConformanceImpl:
             state=ZeroColumnState(),
             input_schema=pa.schema([]),
         )
+
+    def big(self, rows: int, batches: int = 2) -> Stream[BigState]:
+        return Stream(output_schema=pa.schema([("i", pa.int64()), ("s", pa.utf8())]), state=BigState(rows, batches))
 
     def broken_stream(self) -> Stream[CountState]:
         return "not a stream"  # type: ignore[return-value]

@@ -284,3 +284,15 @@ def test_abandoned_exchange_does_not_hang_shutdown(logs: LogSink) -> None:
         session.exchange(AnnotatedBatch.from_pydict({"x": [1.0]}))
         # leave the session open: leaving serve_pipe must still return
     assert session is not None
+
+
+def test_large_batches_are_sliced_and_reassembled(proxy: Conformance) -> None:
+    rows = 400_000  # ~10 MiB per batch: more than gRPC's default 4 MiB receive limit
+    batches = list(proxy.big(rows=rows))
+    assert [b.batch.num_rows for b in batches] == [rows, rows]
+    assert batches[1].batch.column("i")[rows - 1].as_py() == 2 * rows - 1
+    assert batches[0].batch.column("s")[rows - 1].as_py() == f"row-{rows - 1:08d}"
+    big_input = pa.record_batch({"x": pa.array([float(i) for i in range(1_000_000)])})  # 8 MB
+    with proxy.echo_stream() as session:
+        out = session.exchange(AnnotatedBatch(big_input))
+        assert out.batch.equals(big_input)

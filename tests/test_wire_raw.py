@@ -306,3 +306,20 @@ def test_oversized_requests_are_refused(small_limit_client: flight.FlightClient)
         writer.close()
     result = list(client.do_action(flight.Action("echo_str", ipc(pa.record_batch({"value": ["small"]})))))[-1]
     assert pa.ipc.open_stream(result.body).read_all().to_pydict() == {"result": ["small"]}
+
+
+def test_large_output_arrives_in_slices_under_4_mib(client: flight.FlightClient) -> None:
+    ticket = flight.Ticket(call_request("big", {"rows": pa.array([400_000]), "batches": pa.array([1])}))
+    kinds, sizes, rows = [], [], 0
+    for chunk in client.do_get(ticket):
+        meta = json.loads(chunk.app_metadata.to_pybytes())
+        kinds.append(meta["kind"])
+        if meta["kind"] in ("data_part", "data"):
+            assert meta["seq"] == 1
+            sizes.append(chunk.data.nbytes)
+            rows += chunk.data.num_rows
+    assert kinds[0] == "ready"
+    assert kinds[-1] == "data"
+    assert kinds.count("data_part") >= 2
+    assert rows == 400_000
+    assert max(sizes) < 4 * 1024 * 1024 - 32 * 1024

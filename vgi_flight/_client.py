@@ -72,6 +72,18 @@ def _handle_metadata(meta: dict[str, Any], on_log: OnLog) -> None:
         on_log(wire.message_from_json(meta))
 
 
+def _assemble(parts: list[pa.RecordBatch], last: pa.RecordBatch) -> pa.RecordBatch:
+    """Rejoin a data batch the server sent as several messages (``data_part`` slices, then ``data``)."""
+    if not parts:
+        return last
+    pieces = [*parts, last]
+    parts.clear()
+    if hasattr(pa, "concat_batches"):
+        joined: pa.RecordBatch = pa.concat_batches(pieces)
+        return joined
+    return pa.Table.from_batches(pieces).combine_chunks().to_batches()[0]
+
+
 def _custom_metadata(meta: dict[str, Any]) -> pa.KeyValueMetadata | None:
     custom = meta.get("metadata")
     return pa.KeyValueMetadata(custom) if isinstance(custom, dict) and custom else None
@@ -179,6 +191,7 @@ class StreamSession:
             raise wire.rpc_error_from_flight(exc) from None
         self._get_reader = reader
         finished = False
+        parts: list[pa.RecordBatch] = []
         try:
             while True:
                 try:
@@ -190,10 +203,13 @@ class StreamSession:
                     finished = True
                     raise wire.rpc_error_from_flight(exc) from None
                 meta = wire.parse_metadata(chunk.app_metadata)
-                if meta.get("kind") == wire.KIND_DATA:
+                kind = meta.get("kind")
+                if kind == wire.KIND_DATA:
                     self._token_b64 = meta.get("token")
                     self._seq = int(meta.get("seq", self._seq + 1))
-                    yield AnnotatedBatch(chunk.data, _custom_metadata(meta))
+                    yield AnnotatedBatch(_assemble(parts, chunk.data), _custom_metadata(meta))
+                elif kind == wire.KIND_DATA_PART:
+                    parts.append(chunk.data)
                 else:
                     _handle_metadata(meta, self._t.on_log)
         finally:
@@ -219,6 +235,7 @@ class StreamSession:
 
     def _read_until(self, kind: str) -> pa.RecordBatch:
         assert self._reader is not None
+        parts: list[pa.RecordBatch] = []
         while True:
             try:
                 chunk = self._reader.read_chunk()
@@ -231,8 +248,10 @@ class StreamSession:
                     self._token_b64 = meta["token"]
                     self._seq = int(meta.get("seq", self._seq))
                 self._last_meta = meta
-                data: pa.RecordBatch = chunk.data
-                return data
+                return _assemble(parts, chunk.data)
+            if got == wire.KIND_DATA_PART:
+                parts.append(chunk.data)
+                continue
             _handle_metadata(meta, self._t.on_log)
 
     def exchange(self, input: AnnotatedBatch) -> AnnotatedBatch:

@@ -162,8 +162,10 @@ class _Dispatcher:
         auth: ServerAuth | None,
         encrypt_state: bool,
         max_request_bytes: int,
+        max_message_bytes: int,
     ) -> None:
         self.auth = auth
+        self.max_message_bytes = max_message_bytes
         self.max_request_bytes = max_request_bytes
         self.encrypt_state = encrypt_state
         self.service = describe_protocol(protocol)
@@ -225,6 +227,20 @@ class _Dispatcher:
             )
         except AuthenticationError:
             raise RequestRejectedError(ErrorCode.UNAUTHENTICATED, "authentication failed") from None
+
+    def data_messages(self, live: _LiveStream, data: AnnotatedBatch) -> list[tuple[pa.RecordBatch, bytes]]:
+        """The messages that carry one data batch: the batch, or its slices when it is too large.
+
+        Slicing at ``max_message_bytes`` lets clients with gRPC's 4 MiB receive limit read any batch.
+        """
+        metadata = wire.data_metadata(live.token(), live.seq, data.custom_metadata)
+        batch = data.batch
+        if batch.nbytes <= self.max_message_bytes or batch.num_rows <= 1:
+            return [(batch, metadata)]
+        rows = max(1, batch.num_rows * self.max_message_bytes // batch.nbytes)
+        pieces = [batch.slice(start, rows) for start in range(0, batch.num_rows, rows)]
+        part = wire.part_metadata(live.seq)
+        return [(piece, part) for piece in pieces[:-1]] + [(pieces[-1], metadata)]
 
     def check_size(self, size: int, what: str) -> None:
         """Refuse a request part larger than ``max_request_bytes``.
@@ -641,7 +657,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
                     yield empty, wire.log_json(msg)
                 data = out.data
                 if data is not None:
-                    yield data.batch, wire.data_metadata(live.token(), live.seq, data.custom_metadata)
+                    yield from self._d.data_messages(live, data)
                 if out.finished:
                     return
         except Exception as exc:
@@ -697,9 +713,8 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
                 for msg in out.logs:
                     writer.write_with_metadata(empty, wire.log_json(msg))
                 assert out.data is not None
-                writer.write_with_metadata(
-                    out.data.batch, wire.data_metadata(live.token(), live.seq, out.data.custom_metadata)
-                )
+                for batch, metadata in self._d.data_messages(live, out.data):
+                    writer.write_with_metadata(batch, metadata)
         except Exception as exc:
             if context.is_cancelled():
                 log.debug("%s: client went away", where)
@@ -732,6 +747,7 @@ class RpcServer:
         auth: ServerAuth | None = None,
         encrypt_state: bool = False,
         max_request_bytes: int = 64 * 1024 * 1024,
+        max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         """Build (and bind) the server; call :meth:`serve` to block or use it as a context manager.
 
@@ -755,6 +771,9 @@ class RpcServer:
                 it; tokens are signed either way.
             max_request_bytes: Largest action body, command, ticket or exchange input batch
                 accepted; larger ones are refused with RESOURCE_EXHAUSTED.
+            max_message_bytes: Output data batches larger than this are sent as several
+                messages (``data_part`` slices then the ``data`` message) so that clients with
+                gRPC's default 4 MiB receive limit can read them; every client reassembles them.
 
         Raises:
             TypeError: The implementation does not fit the Protocol.
@@ -776,6 +795,7 @@ class RpcServer:
             auth=auth,
             encrypt_state=encrypt_state,
             max_request_bytes=max_request_bytes,
+            max_message_bytes=max_message_bytes,
         )
         kwargs: dict[str, Any] = {}
         if auth is not None:

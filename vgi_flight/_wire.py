@@ -39,6 +39,10 @@ KIND_READY = "ready"
 KIND_DATA = "data"
 KIND_LOG = "log"
 KIND_CANCEL = "cancel"
+KIND_DATA_PART = "data_part"
+# gRPC's default receive limit is 4 MiB per message (Go, Rust, Java clients keep it); leave room for
+# the IPC header, app_metadata and protobuf framing.
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024 - 64 * 1024
 CANCEL_METADATA = b'{"kind":"cancel"}'
 
 
@@ -231,6 +235,11 @@ def data_metadata(token: bytes, seq: int, custom: pa.KeyValueMetadata | None) ->
     if custom:
         obj["metadata"] = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in custom.items()}
     return json_bytes(obj)
+
+
+def part_metadata(seq: int) -> bytes:
+    """app_metadata of a leading slice of a data batch that was split across messages."""
+    return b'{"kind":"data_part","seq":%d}' % seq
 
 
 def ready_metadata(token: bytes, seq: int, header: bytes | None) -> bytes:
