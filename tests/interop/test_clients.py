@@ -36,6 +36,11 @@ def interop_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         proc.wait()
 
 
+def test_every_language_has_a_client() -> None:
+    # A missing client must fail loudly, never be skipped.
+    assert {"go", "java", "rust", "js", "grpc_python", "pyarrow"} <= set(CLIENTS), CLIENTS
+
+
 @pytest.mark.parametrize("lang", CLIENTS)
 @pytest.mark.timeout(1800)
 def test_client(lang: str, interop_env: dict[str, str]) -> None:
