@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import threading
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -125,6 +126,32 @@ class BigState(ProducerState):
         self.sent += 1
 
 
+@dataclass
+class PidState(ProducerState):
+    """Tags every row with the serving process, so tests can see which replica produced it."""
+
+    limit: int
+    n: int = 0
+
+    def produce(self, out: OutputCollector, ctx: CallContext) -> None:
+        if self.n >= self.limit:
+            out.finish()
+            return
+        out.emit_pydict({"i": [self.n], "pid": [os.getpid()]})
+        self.n += 1
+
+
+@dataclass
+class SumState(ExchangeState):
+    total: float = 0.0
+    turns: int = 0
+
+    def exchange(self, input: AnnotatedBatch, out: OutputCollector, ctx: CallContext) -> None:
+        self.turns += 1
+        self.total += sum(input.batch.column("x").to_pylist())
+        out.emit_pydict({"total": [self.total], "turns": [self.turns], "pid": [os.getpid()]})
+
+
 class Conformance(Protocol):
     """Conformance service."""
 
@@ -156,6 +183,9 @@ class Conformance(Protocol):
     def zero_columns(self) -> Stream[StreamState]: ...
     def broken_stream(self) -> Stream[StreamState]: ...
     def big(self, rows: int, batches: int = 2) -> Stream[StreamState]: ...
+    def server_pid(self) -> int: ...
+    def pids(self, limit: int) -> Stream[StreamState]: ...
+    def summing(self) -> Stream[StreamState]: ...
 
 
 class ConformanceImpl:
@@ -248,6 +278,19 @@ class ConformanceImpl:
 
     def big(self, rows: int, batches: int = 2) -> Stream[BigState]:
         return Stream(output_schema=pa.schema([("i", pa.int64()), ("s", pa.utf8())]), state=BigState(rows, batches))
+
+    def server_pid(self) -> int:
+        return os.getpid()
+
+    def pids(self, limit: int) -> Stream[PidState]:
+        return Stream(output_schema=pa.schema([("i", pa.int64()), ("pid", pa.int64())]), state=PidState(limit))
+
+    def summing(self) -> Stream[SumState]:
+        return Stream(
+            output_schema=pa.schema([("total", pa.float64()), ("turns", pa.int64()), ("pid", pa.int64())]),
+            state=SumState(),
+            input_schema=pa.schema([("x", pa.float64())]),
+        )
 
     def broken_stream(self) -> Stream[CountState]:
         return "not a stream"  # type: ignore[return-value]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
+import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 
@@ -20,6 +22,7 @@ import pyarrow.flight as flight
 from vgi_flight import _wire as wire
 from vgi_flight._arrow_types import ArrowSerializableDataclass, arrow_array
 from vgi_flight._auth import ClientCredential, request_payload
+from vgi_flight._balance import LocationPool
 from vgi_flight._errors import ErrorCode, RpcError
 from vgi_flight._log import Message
 from vgi_flight._service import MethodDescription, MethodKind, ServiceDescription, describe_protocol
@@ -30,6 +33,7 @@ HT = TypeVar("HT", bound=ArrowSerializableDataclass)
 OnLog = Callable[[Message], None]
 
 _remote_log = logging.getLogger("vgi_flight.remote")
+log = logging.getLogger("vgi_flight.client")
 
 
 def _default_on_log(msg: Message) -> None:
@@ -40,18 +44,72 @@ def _protocol_error(message: str) -> RpcError:
     return RpcError("ProtocolError", message, code=ErrorCode.FAILED_PRECONDITION)
 
 
+_BREAK_TYPES = (flight.FlightUnavailableError, flight.FlightInternalError, flight.FlightCancelledError, OSError)
+T = TypeVar("T")
+
+
+def _is_broken(exc: BaseException) -> bool:
+    """Whether a failed call broke in transport (resume or retry elsewhere) rather than being refused.
+
+    A replica that dies shows up as UNAVAILABLE, INTERNAL or CANCELLED depending on the path (direct
+    or through a proxy). An error a vgi-flight server reported itself is final, except UNAVAILABLE,
+    which a draining server sends so that the client moves on.
+    """
+    if wire.ERROR_MARKER in str(exc):
+        return wire.rpc_error_from_flight(exc).code is ErrorCode.UNAVAILABLE
+    return isinstance(exc, _BREAK_TYPES)
+
+
+def _refused_unprocessed(exc: BaseException) -> bool:
+    """Whether a unary call certainly did not run (safe to send to another replica)."""
+    if wire.ERROR_MARKER in str(exc):
+        return wire.rpc_error_from_flight(exc).code is ErrorCode.UNAVAILABLE
+    return isinstance(exc, flight.FlightUnavailableError)
+
+
+class _BrokenError(Exception):
+    """A stream's call broke in transport; the session resumes it from its last token."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _backoff(failures: int) -> float:
+    return float(min(1.0, 0.05 * 2 ** (failures - 1)) * (0.5 + random.random() / 2))
+
+
 class _Transport:
-    """A Flight client plus the per-call options every request uses."""
+    """The location pool plus the per-call options every request uses."""
 
     def __init__(
-        self, client: flight.FlightClient, timeout: float | None, credential: ClientCredential | None, on_log: OnLog
+        self,
+        pool: LocationPool,
+        timeout: float | None,
+        credential: ClientCredential | None,
+        on_log: OnLog,
+        resume_attempts: int = 5,
     ) -> None:
-        self.client = client
+        self.pool = pool
         self.timeout = timeout
         self.credential = credential
         self.on_log = on_log
+        self.resume_attempts = resume_attempts
         self._plain_options = flight.FlightCallOptions(timeout=timeout)
         self.sessions: weakref.WeakSet[StreamSession] = weakref.WeakSet()
+
+    def first_available(self, call: Callable[[flight.FlightClient], T]) -> tuple[str, T]:
+        """Run ``call`` on a location; move to the next when one refuses without processing it."""
+        tried: list[str] = []
+        while True:
+            location = self.pool.pick(avoid=tried)
+            try:
+                return location, call(self.pool.client(location))
+            except (flight.FlightError, pa.ArrowException) as exc:
+                tried.append(location)
+                if not _refused_unprocessed(exc) or len(tried) >= len(self.pool.locations):
+                    raise
+                self.pool.eject(location)
 
     def options(self, rpc: str, payload: bytes) -> flight.FlightCallOptions:
         """Call options for one call: the deadline, plus credential headers signed over ``payload``."""
@@ -63,7 +121,7 @@ class _Transport:
         # Tear down calls still open so closing the client (and the server's shutdown) never waits on them.
         for session in list(self.sessions):
             session._abort()
-        self.client.close()
+        self.pool.close()
 
 
 def _handle_metadata(meta: dict[str, Any], on_log: OnLog) -> None:
@@ -107,9 +165,13 @@ class StreamSession:
         output_schema: pa.Schema,
         input_schema: pa.Schema,
         header: ArrowSerializableDataclass | None,
+        location: str,
+        endpoints: list[str],
     ) -> None:
         """Create a session (done by the proxy)."""
         self._t = transport
+        self._location = location
+        self._endpoints = endpoints
         self._method = method
         self._exchange = exchange
         self._token_bytes = token
@@ -129,10 +191,7 @@ class StreamSession:
     def _abort(self) -> None:
         """Cancel the open Flight call, if any, without running ``on_cancel`` (connection shutdown)."""
         self._closed = True
-        for reader in (self._reader, self._get_reader):
-            if reader is not None:
-                reader.cancel()
-        self._finish_call()
+        self._discard_call()
 
     @property
     def header(self) -> ArrowSerializableDataclass | None:
@@ -183,55 +242,101 @@ class StreamSession:
     def _produce(self) -> Iterator[AnnotatedBatch]:
         if self._closed:
             return
-        try:
-            token = self.token
-            reader = self._t.client.do_get(flight.Ticket(token), self._t.options("DoGet", token))
-        except flight.FlightError as exc:
-            self._closed = True
-            raise wire.rpc_error_from_flight(exc) from None
-        self._get_reader = reader
-        finished = False
-        parts: list[pa.RecordBatch] = []
+        failures = 0
+        completed = False
         try:
             while True:
                 try:
-                    chunk = reader.read_chunk()
-                except StopIteration:
-                    finished = True
+                    yield from self._read_producer()
+                    completed = True
                     return
-                except (flight.FlightError, pa.ArrowException) as exc:
-                    finished = True
-                    raise wire.rpc_error_from_flight(exc) from None
-                meta = wire.parse_metadata(chunk.app_metadata)
-                kind = meta.get("kind")
-                if kind == wire.KIND_DATA:
-                    self._token_b64 = meta.get("token")
-                    self._seq = int(meta.get("seq", self._seq + 1))
-                    yield AnnotatedBatch(_assemble(parts, chunk.data), _custom_metadata(meta))
-                elif kind == wire.KIND_DATA_PART:
-                    parts.append(chunk.data)
-                else:
-                    _handle_metadata(meta, self._t.on_log)
+                except _BrokenError as broken:
+                    failures = self._recover(failures, broken.cause)
         finally:
             self._closed = True
-            self._get_reader = None
-            if not finished:
+            reader, self._get_reader = self._get_reader, None
+            if reader is not None and not completed:
                 # Abandoned mid-stream: tear down the call so neither side waits on it.
                 reader.cancel()
+
+    def _read_producer(self) -> Iterator[AnnotatedBatch]:
+        """Read the producer from the current position; raise :class:`_BrokenError` when the call breaks."""
+        token = self.token
+        try:
+            reader = self._t.pool.client(self._location).do_get(flight.Ticket(token), self._t.options("DoGet", token))
+        except (flight.FlightError, pa.ArrowException) as exc:
+            raise self._classify(exc) from None
+        self._get_reader = reader
+        parts: list[pa.RecordBatch] = []
+        while True:
+            try:
+                chunk = reader.read_chunk()
+            except StopIteration:
+                return
+            except (flight.FlightError, pa.ArrowException) as exc:
+                raise self._classify(exc) from None
+            meta = wire.parse_metadata(chunk.app_metadata)
+            kind = meta.get("kind")
+            if kind == wire.KIND_DATA:
+                batch = _assemble(parts, chunk.data)
+                seq = int(meta.get("seq", self._seq + 1))
+                if seq <= self._seq:
+                    continue  # replayed after a resume: delivered already
+                self._token_b64 = meta.get("token")
+                self._seq = seq
+                yield AnnotatedBatch(batch, _custom_metadata(meta))
+            elif kind == wire.KIND_DATA_PART:
+                parts.append(chunk.data)
+            else:
+                _handle_metadata(meta, self._t.on_log)
+
+    def _classify(self, exc: BaseException) -> BaseException:
+        """The exception to raise for a failed stream call: resumable, or final."""
+        if _is_broken(exc) and not self._closed:
+            return _BrokenError(exc)
+        return wire.rpc_error_from_flight(exc)
+
+    def _recover(self, failures: int, cause: BaseException) -> int:
+        """After a broken call: pick another location and wait before the stream is reopened from its token.
+
+        Raises:
+            RpcError: The stream broke more often than the connection's resume budget allows.
+        """
+        self._discard_call()
+        failures += 1
+        if failures > self._t.resume_attempts:
+            self._closed = True
+            raise RpcError(
+                "ResumeError",
+                f"stream '{self._method}' broke and could not be resumed after {self._t.resume_attempts} "
+                f"attempts: {wire.rpc_error_from_flight(cause)}",
+                code=ErrorCode.UNAVAILABLE,
+            ) from None
+        log.info("stream '%s' broke at %s (seq %d); resuming elsewhere", self._method, self._location, self._seq)
+        self._t.pool.eject(self._location)
+        self._location = self._t.pool.pick(avoid=[self._location], among=self._endpoints or None)
+        time.sleep(_backoff(failures))
+        return failures
+
+    def _discard_call(self) -> None:
+        """Drop a broken call's reader and writer without waiting on them."""
+        for reader in (self._reader, self._get_reader):
+            if reader is not None:
+                with contextlib.suppress(flight.FlightError, pa.ArrowException):
+                    reader.cancel()
+        self._get_reader = None
+        self._finish_call()
 
     # --- exchange -----------------------------------------------------------------------------
 
     def _open_exchange(self) -> None:
         token = self.token
         descriptor = flight.FlightDescriptor.for_command(token)
-        try:
-            writer, reader = self._t.client.do_exchange(descriptor, self._t.options("DoExchange", token))
-            self._writer, self._reader = writer, reader
-            self._read_until(wire.KIND_READY)
-            writer.begin(self.input_schema)
-        except (flight.FlightError, pa.ArrowException) as exc:
-            self._fail()
-            raise wire.rpc_error_from_flight(exc) from None
+        client = self._t.pool.client(self._location)
+        writer, reader = client.do_exchange(descriptor, self._t.options("DoExchange", token))
+        self._writer, self._reader = writer, reader
+        self._read_until(wire.KIND_READY)
+        writer.begin(self.input_schema)
 
     def _read_until(self, kind: str) -> pa.RecordBatch:
         assert self._reader is not None
@@ -244,6 +349,9 @@ class StreamSession:
             meta = wire.parse_metadata(chunk.app_metadata)
             got = meta.get("kind")
             if got == kind:
+                if got == wire.KIND_DATA and int(meta.get("seq", self._seq + 1)) <= self._seq:
+                    parts.clear()
+                    continue  # replayed after a resume: delivered already
                 if "token" in meta:
                     self._token_b64 = meta["token"]
                     self._seq = int(meta.get("seq", self._seq))
@@ -264,23 +372,36 @@ class StreamSession:
             raise TypeError(f"'{self._method}' is a producer stream: iterate it instead")
         if self._closed:
             raise _protocol_error("exchange() called on a closed or cancelled stream")
-        if self._writer is None:
-            self._open_exchange()
-        assert self._writer is not None
         try:
             batch = conform_batch(input.batch, self.input_schema, "input batch")
         except ValueError as exc:
             raise RpcError("ValueError", str(exc), code=ErrorCode.INVALID_ARGUMENT) from None
+        custom = None
+        if input.custom_metadata:
+            custom = {k.decode(): v.decode() for k, v in input.custom_metadata.items()}
+        failures = 0
+        while True:
+            try:
+                return self._turn(batch, custom)
+            except _BrokenError as broken:
+                # The in-flight batch is sent again from the last completed turn's token.
+                failures = self._recover(failures, broken.cause)
+
+    def _turn(self, batch: pa.RecordBatch, custom: dict[str, str] | None) -> AnnotatedBatch:
         try:
-            if input.custom_metadata:
-                custom = {k.decode(): v.decode() for k, v in input.custom_metadata.items()}
+            if self._writer is None:
+                self._open_exchange()
+            assert self._writer is not None
+            if custom:
                 self._writer.write_with_metadata(batch, wire.json_bytes({"kind": wire.KIND_DATA, "metadata": custom}))
             else:
                 self._writer.write_batch(batch)
             data = self._read_until(wire.KIND_DATA)
         except (flight.FlightError, pa.ArrowException) as exc:
-            self._fail()
-            raise wire.rpc_error_from_flight(exc) from None
+            failure = self._classify(exc)
+            if not isinstance(failure, _BrokenError):
+                self._fail()
+            raise failure from None
         except RpcError:
             self._fail()
             raise
@@ -319,9 +440,10 @@ class StreamSession:
                 self._writer.done_writing()
                 self._drain()
             except (flight.FlightError, pa.ArrowException) as exc:
-                raise wire.rpc_error_from_flight(exc) from None
+                if not _is_broken(exc):  # a broken call at the end loses nothing: no turn was pending
+                    raise wire.rpc_error_from_flight(exc) from None
             finally:
-                self._finish_call()
+                self._discard_call()
         elif self._get_reader is not None:
             self._get_reader.cancel()
 
@@ -330,22 +452,31 @@ class StreamSession:
         if self._closed:
             return
         self._closed = True
-        try:
-            if self._writer is not None:
+        if self._writer is not None:
+            try:
                 self._writer.write_metadata(wire.CANCEL_METADATA)
                 self._writer.done_writing()
                 self._drain()
                 self._finish_call()
                 return
-            if self._get_reader is not None:
-                self._get_reader.cancel()
-            token = self.token
-            action = flight.Action(wire.CANCEL_ACTION, token)
+            except (flight.FlightError, pa.ArrowException) as exc:
+                self._discard_call()
+                if not _is_broken(exc):
+                    raise wire.rpc_error_from_flight(exc) from None
+                # The replica went away: cancel from the last token through any other one.
+        if self._get_reader is not None:
+            self._get_reader.cancel()
+        token = self.token
+        action = flight.Action(wire.CANCEL_ACTION, token)
+
+        def cancel_call(client: flight.FlightClient) -> None:
             options = self._t.options("DoAction", request_payload("DoAction", token, wire.CANCEL_ACTION))
-            for result in self._t.client.do_action(action, options):
+            for result in client.do_action(action, options):
                 _handle_metadata(wire.parse_metadata(result.body.to_pybytes()), self._t.on_log)
+
+        try:
+            self._t.first_available(cancel_call)
         except (flight.FlightError, pa.ArrowException) as exc:
-            self._finish_call()
             raise wire.rpc_error_from_flight(exc) from None
 
     def __enter__(self) -> StreamSession:
@@ -400,14 +531,20 @@ class _Proxy:
             if args:
                 raise TypeError(f"{desc.name}() takes keyword arguments only")
             body = params_framing.encode(encode_params(desc, kwargs)) if desc.params else b""
-            result: pa.Buffer | None = None
-            try:
-                options = t.options("DoAction", request_payload("DoAction", body, desc.name))
-                for item in t.client.do_action(flight.Action(desc.name, body), options):
+            action = flight.Action(desc.name, body)
+            payload = request_payload("DoAction", body, desc.name)
+
+            def do_action(client: flight.FlightClient) -> pa.Buffer | None:
+                result: pa.Buffer | None = None
+                for item in client.do_action(action, t.options("DoAction", payload)):
                     if item.body.size and item.body[0] == 0x7B:  # "{": a log record precedes the result
                         _handle_metadata(wire.parse_metadata(item.body), t.on_log)
                     else:
                         result = item.body
+                return result
+
+            try:
+                _, result = t.first_available(do_action)
             except (flight.FlightError, pa.ArrowException) as exc:
                 raise wire.rpc_error_from_flight(exc) from None
             if result is None:
@@ -425,11 +562,14 @@ class _Proxy:
             if args:
                 raise TypeError(f"{desc.name}() takes keyword arguments only")
             request = wire.encode_call(desc.name, encode_params(desc, kwargs))
+            descriptor = flight.FlightDescriptor.for_command(request)
             try:
-                descriptor = flight.FlightDescriptor.for_command(request)
-                info = t.client.get_flight_info(descriptor, t.options("GetFlightInfo", request))
+                location, info = t.first_available(
+                    lambda client: client.get_flight_info(descriptor, t.options("GetFlightInfo", request))
+                )
             except (flight.FlightError, pa.ArrowException) as exc:
                 raise wire.rpc_error_from_flight(exc) from None
+            endpoint = info.endpoints[0]
             meta = wire.parse_metadata(info.app_metadata)
             for entry in meta.get("logs", ()):
                 t.on_log(wire.message_from_json(entry))
@@ -440,11 +580,15 @@ class _Proxy:
                 t,
                 method=desc.name,
                 exchange=meta.get("kind") == "exchange",
-                token=info.endpoints[0].ticket.ticket,
+                token=endpoint.ticket.ticket,
                 seq=int(meta.get("seq", 0)),
                 output_schema=info.schema,
                 input_schema=wire.read_schema(wire.unb64(meta.get("input_schema"), "input_schema"), "input schema"),
                 header=header,
+                location=location,
+                endpoints=[
+                    loc.uri.decode() if isinstance(loc.uri, bytes) else str(loc.uri) for loc in endpoint.locations
+                ],
             )
 
         return call
@@ -484,14 +628,15 @@ class RpcConnection(Generic[P]):
     def __init__(
         self,
         protocol: Callable[..., P],
-        client: flight.FlightClient,
+        pool: LocationPool,
         *,
         timeout: float | None,
         auth: ClientCredential | None,
         on_log: OnLog,
+        resume_attempts: int,
     ) -> None:
-        """Wrap a Flight client (use :func:`connect`)."""
-        self._transport = _Transport(client, timeout, auth, on_log)
+        """Wrap a pool of Flight clients (use :func:`connect`)."""
+        self._transport = _Transport(pool, timeout, auth, on_log, resume_attempts)
         self._proxy = cast(P, _Proxy(describe_protocol(cast(type, protocol)), self._transport))
 
     @property
@@ -531,7 +676,7 @@ def _flight_client(
 
 def connect(
     protocol: Callable[..., P],
-    location: str,
+    location: str | Sequence[str],
     *,
     on_log: OnLog | None = None,
     timeout: float | None = None,
@@ -540,6 +685,8 @@ def connect(
     private_key: bytes | None = None,
     override_hostname: str | None = None,
     auth: ClientCredential | None = None,
+    resume_attempts: int = 5,
+    eject_seconds: float = 5.0,
 ) -> RpcConnection[P]:
     """Connect to a vgi-flight server.
 
@@ -548,7 +695,9 @@ def connect(
     Args:
         protocol: The service Protocol class (typed as a callable so that mypy accepts a Protocol
             class here and infers the proxy's type from it).
-        location: ``grpc://host:port``, ``grpc+tls://host:port`` or ``grpc+unix:///path``.
+        location: ``grpc://host:port``, ``grpc+tls://host:port`` or ``grpc+unix:///path``; or
+            several replicas of the same service, which calls are balanced over round robin. A
+            replica whose call fails in transport is avoided for ``eject_seconds``.
         on_log: Receives every log message the service emits, in order.
         timeout: Per-call deadline in seconds.
         tls_root_certs: PEM CA bundle to verify the server.
@@ -557,18 +706,33 @@ def connect(
         override_hostname: Name to verify the server certificate against.
         auth: How to authenticate every call: :class:`HmacAuth` (request signing) or
             :class:`BearerAuth`. Client certificates (mTLS) are given with ``cert_chain``.
+        resume_attempts: How often a broken stream is reopened from its last token (on another
+            replica when there is one) before the call fails with ``ResumeError``.
+        eject_seconds: How long a replica whose call failed in transport is avoided.
 
     Returns:
         A connection; entering it yields the typed proxy.
     """
-    client = _flight_client(
-        location,
-        tls_root_certs=tls_root_certs,
-        cert_chain=cert_chain,
-        private_key=private_key,
-        override_hostname=override_hostname,
+    locations = [location] if isinstance(location, str) else list(location)
+    pool = LocationPool(
+        locations,
+        lambda loc: _flight_client(
+            loc,
+            tls_root_certs=tls_root_certs,
+            cert_chain=cert_chain,
+            private_key=private_key,
+            override_hostname=override_hostname,
+        ),
+        eject_seconds,
     )
-    return RpcConnection(protocol, client, timeout=timeout, auth=auth, on_log=on_log or _default_on_log)
+    return RpcConnection(
+        protocol,
+        pool,
+        timeout=timeout,
+        auth=auth,
+        on_log=on_log or _default_on_log,
+        resume_attempts=resume_attempts,
+    )
 
 
 def introspect(
@@ -593,7 +757,7 @@ def introspect(
         private_key=private_key,
         override_hostname=override_hostname,
     )
-    transport = _Transport(client, timeout, auth, _default_on_log)
+    transport = _Transport(LocationPool([location], lambda _loc: client), timeout, auth, _default_on_log)
     options = transport.options("DoAction", request_payload("DoAction", b"", wire.DESCRIBE_ACTION))
     try:
         results = list(client.do_action(flight.Action(wire.DESCRIBE_ACTION, b""), options))

@@ -8,12 +8,14 @@ boundary: nothing reaches pyarrow unconverted, so no server traceback leaks unle
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import threading
+import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,7 +165,13 @@ class _Dispatcher:
         encrypt_state: bool,
         max_request_bytes: int,
         max_message_bytes: int,
+        advertise: Sequence[str],
     ) -> None:
+        self.advertise = [flight.Location(uri) for uri in advertise]
+        self.live_calls = 0
+        self.draining = False  # refuse new calls
+        self.ending = False  # end open streams at their next turn so clients resume elsewhere
+        self._calls_lock = threading.Lock()
         self.auth = auth
         self.max_message_bytes = max_message_bytes
         self.max_request_bytes = max_request_bytes
@@ -241,6 +249,26 @@ class _Dispatcher:
         pieces = [batch.slice(start, rows) for start in range(0, batch.num_rows, rows)]
         part = wire.part_metadata(live.seq)
         return [(piece, part) for piece in pieces[:-1]] + [(pieces[-1], metadata)]
+
+    @contextlib.contextmanager
+    def call(self, context: flight.ServerCallContext | None = None) -> Iterator[None]:
+        """Track one call for draining; refuse it with UNAVAILABLE while the server drains."""
+        if self.draining:
+            raise RequestRejectedError(ErrorCode.UNAVAILABLE, "server is draining: retry on another replica")
+        with self._calls_lock:
+            self.live_calls += 1
+        try:
+            yield
+        finally:
+            with self._calls_lock:
+                self.live_calls -= 1
+
+    def check_not_ending(self) -> None:
+        """Between turns: past the drain deadline, end the stream so the client resumes elsewhere."""
+        if self.ending:
+            raise RequestRejectedError(
+                ErrorCode.UNAVAILABLE, "server is shutting down: resume the stream on another replica"
+            )
 
     def check_size(self, size: int, what: str) -> None:
         """Refuse a request part larger than ``max_request_bytes``.
@@ -585,17 +613,18 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
         name = action.type
         try:
-            self._d.check_size(action.body.size if action.body is not None else 0, "action body")
-            body = action.body.to_pybytes() if action.body is not None else b""
-            auth = self._d.authenticate(context, "DoAction", request_payload("DoAction", body, name), name)
-            if name == wire.HEALTH_ACTION:
-                return iter([b'{"status":"SERVING"}'])
-            if name == wire.DESCRIBE_ACTION:
-                self._d.authorize(auth, name)
-                return iter([self._d.describe_bytes()])
-            if name == wire.CANCEL_ACTION:
-                return iter(self._d.cancel_from_token(context, auth, body))
-            return iter(self._d.call_unary(context, auth, name, body))
+            with self._d.call():
+                self._d.check_size(action.body.size if action.body is not None else 0, "action body")
+                body = action.body.to_pybytes() if action.body is not None else b""
+                auth = self._d.authenticate(context, "DoAction", request_payload("DoAction", body, name), name)
+                if name == wire.HEALTH_ACTION:
+                    return iter([b'{"status":"SERVING"}'])
+                if name == wire.DESCRIBE_ACTION:
+                    self._d.authorize(auth, name)
+                    return iter([self._d.describe_bytes()])
+                if name == wire.CANCEL_ACTION:
+                    return iter(self._d.cancel_from_token(context, auth, body))
+                return iter(self._d.call_unary(context, auth, name, body))
         except Exception as exc:
             raise self._d.to_flight_error(exc, f"DoAction {name}") from None
 
@@ -603,22 +632,23 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
         try:
-            request = self._d.command_of(descriptor)
-            auth = self._d.authenticate(context, "GetFlightInfo", request)
-            if wire.is_token(request):
-                raise RequestRejectedError(
-                    ErrorCode.INVALID_ARGUMENT, "GetFlightInfo takes a call request, not a token"
+            with self._d.call():
+                request = self._d.command_of(descriptor)
+                auth = self._d.authenticate(context, "GetFlightInfo", request)
+                if wire.is_token(request):
+                    raise RequestRejectedError(
+                        ErrorCode.INVALID_ARGUMENT, "GetFlightInfo takes a call request, not a token"
+                    )
+                live = self._d.open_stream(context, auth, request)
+                metadata = wire.stream_info_metadata(
+                    exchange=live.exchange,
+                    input_schema=wire.schema_bytes(live.input_schema),
+                    header=live.header,
+                    logs=live.init_logs,
+                    seq=live.seq,
                 )
-            live = self._d.open_stream(context, auth, request)
-            metadata = wire.stream_info_metadata(
-                exchange=live.exchange,
-                input_schema=wire.schema_bytes(live.input_schema),
-                header=live.header,
-                logs=live.init_logs,
-                seq=live.seq,
-            )
-            endpoint = flight.FlightEndpoint(live.token(), [])
-            return flight.FlightInfo(live.output_schema, descriptor, [endpoint], -1, -1, app_metadata=metadata)
+                endpoint = flight.FlightEndpoint(live.token(), self._d.advertise)
+                return flight.FlightInfo(live.output_schema, descriptor, [endpoint], -1, -1, app_metadata=metadata)
         except Exception as exc:
             raise self._d.to_flight_error(exc, "GetFlightInfo") from None
 
@@ -637,6 +667,8 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
 
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.GeneratorStream:
         try:
+            if self._d.draining:
+                raise RequestRejectedError(ErrorCode.UNAVAILABLE, "server is draining: retry on another replica")
             self._d.check_size(len(ticket.ticket), "ticket")
             auth = self._d.authenticate(context, "DoGet", ticket.ticket)
             live, prelude = self._d.stream_from(context, auth, ticket.ticket, exchange=False)
@@ -649,19 +681,26 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
     ) -> Iterator[tuple[pa.RecordBatch, bytes]]:
         empty = live.empty_batch
         try:
-            for metadata in prelude:
-                yield empty, metadata
-            while not context.is_cancelled():
-                out = live.turn(_TICK)
-                for msg in out.logs:
-                    yield empty, wire.log_json(msg)
-                data = out.data
-                if data is not None:
-                    yield from self._d.data_messages(live, data)
-                if out.finished:
-                    return
+            with self._d.call():
+                yield from self._stream_output(context, live, prelude, empty)
         except Exception as exc:
             raise self._d.to_flight_error(exc, f"DoGet {live.ctx.method}") from None
+
+    def _stream_output(
+        self, context: flight.ServerCallContext, live: _LiveStream, prelude: list[bytes], empty: pa.RecordBatch
+    ) -> Iterator[tuple[pa.RecordBatch, bytes]]:
+        for metadata in prelude:
+            yield empty, metadata
+        while not context.is_cancelled():
+            self._d.check_not_ending()
+            out = live.turn(_TICK)
+            for msg in out.logs:
+                yield empty, wire.log_json(msg)
+            data = out.data
+            if data is not None:
+                yield from self._d.data_messages(live, data)
+            if out.finished:
+                return
 
     def do_exchange(
         self,
@@ -672,54 +711,62 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
     ) -> None:
         where = "DoExchange"
         try:
-            command = self._d.command_of(descriptor)
-            auth = self._d.authenticate(context, "DoExchange", command)
-            live, prelude = self._d.stream_from(context, auth, command, exchange=True)
-            where = f"DoExchange {live.ctx.method}"
-            empty = live.empty_batch
-            writer.begin(live.output_schema)
-            for metadata in prelude:
-                writer.write_with_metadata(empty, metadata)
-            while True:
-                try:
-                    chunk = reader.read_chunk()
-                except StopIteration:
-                    return
-                batch = chunk.data
-                if batch is not None:
-                    self._d.check_size(batch.nbytes, "input batch")
-                    try:
-                        batch.validate(full=True)
-                    except pa.ArrowInvalid as exc:
-                        raise RequestRejectedError(
-                            ErrorCode.INVALID_ARGUMENT, f"malformed input batch: {exc}"
-                        ) from None
-                if batch is None:
-                    control = wire.parse_metadata(chunk.app_metadata)
-                    if control.get("kind") == wire.KIND_CANCEL:
-                        for msg in live.cancel():
-                            writer.write_with_metadata(empty, wire.log_json(msg))
-                        return
-                    raise RequestRejectedError(
-                        ErrorCode.INVALID_ARGUMENT, f"unexpected control message {control.get('kind')!r}"
-                    )
-                try:
-                    batch = conform_batch(batch, live.input_schema, "input batch")
-                except ValueError as exc:
-                    raise RequestRejectedError(ErrorCode.INVALID_ARGUMENT, str(exc)) from None
-                custom = wire.parse_metadata(chunk.app_metadata).get("metadata")
-                meta = pa.KeyValueMetadata(custom) if isinstance(custom, dict) and custom else None
-                out = live.turn(AnnotatedBatch(batch, meta))
-                for msg in out.logs:
-                    writer.write_with_metadata(empty, wire.log_json(msg))
-                assert out.data is not None
-                for batch, metadata in self._d.data_messages(live, out.data):
-                    writer.write_with_metadata(batch, metadata)
+            with self._d.call():
+                self._exchange(context, descriptor, reader, writer)
         except Exception as exc:
             if context.is_cancelled():
                 log.debug("%s: client went away", where)
                 return
             raise self._d.to_flight_error(exc, where) from None
+
+    def _exchange(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.MetadataRecordBatchWriter,
+    ) -> None:
+        command = self._d.command_of(descriptor)
+        auth = self._d.authenticate(context, "DoExchange", command)
+        live, prelude = self._d.stream_from(context, auth, command, exchange=True)
+        empty = live.empty_batch
+        writer.begin(live.output_schema)
+        for metadata in prelude:
+            writer.write_with_metadata(empty, metadata)
+        while True:
+            try:
+                chunk = reader.read_chunk()
+            except StopIteration:
+                return
+            self._d.check_not_ending()  # before consuming the batch: the client re-sends it elsewhere
+            batch = chunk.data
+            if batch is not None:
+                self._d.check_size(batch.nbytes, "input batch")
+                try:
+                    batch.validate(full=True)
+                except pa.ArrowInvalid as exc:
+                    raise RequestRejectedError(ErrorCode.INVALID_ARGUMENT, f"malformed input batch: {exc}") from None
+            if batch is None:
+                control = wire.parse_metadata(chunk.app_metadata)
+                if control.get("kind") == wire.KIND_CANCEL:
+                    for msg in live.cancel():
+                        writer.write_with_metadata(empty, wire.log_json(msg))
+                    return
+                raise RequestRejectedError(
+                    ErrorCode.INVALID_ARGUMENT, f"unexpected control message {control.get('kind')!r}"
+                )
+            try:
+                batch = conform_batch(batch, live.input_schema, "input batch")
+            except ValueError as exc:
+                raise RequestRejectedError(ErrorCode.INVALID_ARGUMENT, str(exc)) from None
+            custom = wire.parse_metadata(chunk.app_metadata).get("metadata")
+            meta = pa.KeyValueMetadata(custom) if isinstance(custom, dict) and custom else None
+            out = live.turn(AnnotatedBatch(batch, meta))
+            for msg in out.logs:
+                writer.write_with_metadata(empty, wire.log_json(msg))
+            assert out.data is not None
+            for batch, metadata in self._d.data_messages(live, out.data):
+                writer.write_with_metadata(batch, metadata)
 
 
 class RpcServer:
@@ -748,6 +795,7 @@ class RpcServer:
         encrypt_state: bool = False,
         max_request_bytes: int = 64 * 1024 * 1024,
         max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES,
+        advertise: Sequence[str] = (),
     ) -> None:
         """Build (and bind) the server; call :meth:`serve` to block or use it as a context manager.
 
@@ -774,6 +822,8 @@ class RpcServer:
             max_message_bytes: Output data batches larger than this are sent as several
                 messages (``data_part`` slices then the ``data`` message) so that clients with
                 gRPC's default 4 MiB receive limit can read them; every client reassembles them.
+            advertise: Locations of the replicas that can serve this service's streams, listed in
+                every FlightInfo endpoint so clients can read streams from any of them.
 
         Raises:
             TypeError: The implementation does not fit the Protocol.
@@ -796,6 +846,7 @@ class RpcServer:
             encrypt_state=encrypt_state,
             max_request_bytes=max_request_bytes,
             max_message_bytes=max_message_bytes,
+            advertise=advertise,
         )
         kwargs: dict[str, Any] = {}
         if auth is not None:
@@ -809,7 +860,7 @@ class RpcServer:
         self._location = _bound_location(location, self._server.port)
         self._serving: threading.Thread | None = None
         self._shutdown_lock = threading.Lock()
-        self._closed = False
+        self._stopper: threading.Thread | None = None
 
     @property
     def location(self) -> str:
@@ -833,15 +884,53 @@ class RpcServer:
             self._serving.start()
         return self
 
-    def shutdown(self) -> None:
-        """Stop accepting calls and wait for in-flight calls to finish."""
+    @property
+    def live_calls(self) -> int:
+        """Calls in progress (streams count until they end)."""
+        return self._dispatcher.live_calls
+
+    def drain(self, deadline: float = 30.0, grace: float = 5.0) -> bool:
+        """Stop gracefully: what a rolling update needs.
+
+        New calls are refused with UNAVAILABLE at once (clients retry on another replica). Open
+        calls may finish for up to ``deadline`` seconds; then every open stream ends at its next
+        turn with UNAVAILABLE, and clients resume it elsewhere from their last token. Finally the
+        server stops, waiting at most ``grace`` seconds for calls stuck on a stalled client.
+
+        Returns:
+            Whether every call finished and the server stopped cleanly.
+        """
+        dispatcher = self._dispatcher
+        dispatcher.draining = True
+        end = time.monotonic() + deadline
+        while dispatcher.live_calls and time.monotonic() < end:
+            time.sleep(0.02)
+        finished = dispatcher.live_calls == 0
+        dispatcher.ending = True
+        return self.shutdown(timeout=grace) and finished
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Stop accepting calls and wait for in-flight calls to finish.
+
+        Args:
+            timeout: Give up waiting after this many seconds (pyarrow's own shutdown has no
+                deadline, and a call blocked on a stalled client would otherwise hold it forever).
+
+        Returns:
+            Whether the server stopped within ``timeout``.
+        """
         with self._shutdown_lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._server.shutdown()
+            if self._stopper is None:
+                self._dispatcher.draining = True
+                self._stopper = threading.Thread(target=self._server.shutdown, name="vgi-flight-shutdown", daemon=True)
+                self._stopper.start()
+        self._stopper.join(timeout)
+        if self._stopper.is_alive():
+            log.warning("shutdown: %d call(s) still open after %s s; leaving them", self.live_calls, timeout)
+            return False
         if self._serving is not None:
-            self._serving.join()
+            self._serving.join(timeout)
+        return True
 
     def __enter__(self) -> RpcServer:
         return self.start()
