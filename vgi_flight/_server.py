@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import logging
 import os
+import signal
 import threading
 import time
 import traceback
@@ -858,7 +859,7 @@ class RpcServer:
                 kwargs["root_certificates"] = root_certificates
         self._server = _FlightService(self._dispatcher, location, **kwargs)
         self._location = _bound_location(location, self._server.port)
-        self._serving: threading.Thread | None = None
+        self._stop = threading.Event()
         self._shutdown_lock = threading.Lock()
         self._stopper: threading.Thread | None = None
 
@@ -873,15 +874,35 @@ class RpcServer:
         port: int = self._server.port
         return port
 
-    def serve(self) -> None:
-        """Block until :meth:`shutdown` (or SIGINT/SIGTERM)."""
-        self._server.serve()
+    def serve(self, drain_deadline: float = 30.0) -> bool:
+        """Block until :meth:`shutdown`, or until SIGTERM/SIGINT arrives and the server has drained.
+
+        The server accepts calls from construction on; ``serve`` only waits. Signal handlers are
+        installed when called from the main thread.
+
+        Args:
+            drain_deadline: Seconds open streams may run after a signal (see :meth:`drain`).
+
+        Returns:
+            Whether the server stopped cleanly.
+        """
+        signalled = threading.Event()
+        if threading.current_thread() is threading.main_thread():
+
+            def on_signal(_signum: int, _frame: object) -> None:
+                signalled.set()
+                self._stop.set()
+
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, on_signal)
+        while not self._stop.wait(3600):
+            pass
+        if signalled.is_set():
+            return self.drain(deadline=drain_deadline)
+        return self.shutdown()
 
     def start(self) -> RpcServer:
-        """Serve in a background thread and return ``self``."""
-        if self._serving is None:
-            self._serving = threading.Thread(target=self.serve, name="vgi-flight-server", daemon=True)
-            self._serving.start()
+        """Return ``self``: the server already accepts calls (kept for ``with``-style use)."""
         return self
 
     @property
@@ -898,16 +919,19 @@ class RpcServer:
         server stops, waiting at most ``grace`` seconds for calls stuck on a stalled client.
 
         Returns:
-            Whether every call finished and the server stopped cleanly.
+            Whether the server stopped (``False``: a call is stuck on a stalled client).
         """
         dispatcher = self._dispatcher
         dispatcher.draining = True
-        end = time.monotonic() + deadline
-        while dispatcher.live_calls and time.monotonic() < end:
+        self._wait_for_calls(deadline)
+        dispatcher.ending = True  # past the deadline: end open streams at their next turn
+        self._wait_for_calls(grace)
+        return self.shutdown(timeout=grace)
+
+    def _wait_for_calls(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while self._dispatcher.live_calls and time.monotonic() < end:
             time.sleep(0.02)
-        finished = dispatcher.live_calls == 0
-        dispatcher.ending = True
-        return self.shutdown(timeout=grace) and finished
 
     def shutdown(self, timeout: float | None = None) -> bool:
         """Stop accepting calls and wait for in-flight calls to finish.
@@ -919,6 +943,7 @@ class RpcServer:
         Returns:
             Whether the server stopped within ``timeout``.
         """
+        self._stop.set()
         with self._shutdown_lock:
             if self._stopper is None:
                 self._dispatcher.draining = True
@@ -928,8 +953,6 @@ class RpcServer:
         if self._stopper.is_alive():
             log.warning("shutdown: %d call(s) still open after %s s; leaving them", self.live_calls, timeout)
             return False
-        if self._serving is not None:
-            self._serving.join(timeout)
         return True
 
     def __enter__(self) -> RpcServer:

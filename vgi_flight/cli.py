@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+
+from vgi_flight import _serve
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -48,11 +51,19 @@ def _demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vgi-flight`` command."""
     parser = argparse.ArgumentParser(prog="vgi-flight", description="Typed RPC services on Arrow Flight")
-    parser.add_argument("--log-level", default="WARNING", help="server-side log level (default WARNING)")
+    parser.add_argument(
+        "--log-level", default=os.environ.get("VGI_FLIGHT_LOG_LEVEL", "WARNING"), help="log level (default WARNING)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="serve the demo service and call every method kind against it")
     demo.add_argument("--location", default="grpc://127.0.0.1:0", help="where to serve (default: a free port)")
     demo.set_defaults(run=_demo)
+    serve = commands.add_parser("serve", help="serve a Protocol implementation (SIGTERM drains)")
+    _serve.add_serve_arguments(serve)
+    serve.set_defaults(run=_serve.serve)
+    health = commands.add_parser("health", help="probe a server's __health__ action (exit 0 when serving)")
+    _serve.add_health_arguments(health)
+    health.set_defaults(run=_serve.health)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     result: int = args.run(args)

@@ -1,0 +1,121 @@
+"""`vgi-flight serve` and `vgi-flight health` as processes: configuration, probes, SIGTERM drain."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conformance_service import Conformance
+from vgi_flight import connect
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Served:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        full_env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vgi_flight", "serve", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=full_env,
+            cwd=ROOT,
+        )
+        assert self.proc.stdout is not None
+        self.location = self.proc.stdout.readline().strip()
+        if not self.location:
+            raise AssertionError(self.proc.communicate(timeout=10)[1])
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., Served]]:
+    started: list[Served] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Served:
+        served = Served(list(args), env)
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        if served.proc.poll() is None:
+            served.proc.kill()
+            served.proc.wait()
+
+
+def health(location: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vgi_flight", "health", location, "--timeout", "5"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        timeout=60,
+    )
+
+
+def test_serve_finds_the_protocol_and_answers(serve: Callable[..., Served]) -> None:
+    served = serve("vgi_flight._demo:DemoServiceImpl", "--location", "grpc://127.0.0.1:0")
+    assert served.location.startswith("grpc://127.0.0.1:")
+    probe = health(served.location)
+    assert (probe.returncode, probe.stdout.strip()) == (0, "SERVING")
+    from vgi_flight._demo import DemoService
+
+    with connect(DemoService, served.location) as demo:
+        assert demo.add(a=1, b=2) == 3
+    assert served.terminate() == 0
+    assert health(served.location).returncode == 1
+
+
+def test_configuration_from_environment(serve: Callable[..., Served], tmp_path: Path) -> None:
+    key_file = tmp_path / "token.key"
+    key_file.write_text(json.dumps({"current": "k2", "keys": {"k1": "11" * 32, "k2": "22" * 32}}))
+    env = {
+        "VGI_FLIGHT_IMPLEMENTATION": "tests.conformance_service:ConformanceImpl",
+        "VGI_FLIGHT_LOCATION": "grpc://127.0.0.1:0",
+        "VGI_FLIGHT_TOKEN_KEY_FILE": str(key_file),
+    }
+    served = serve(env=env)
+    with connect(Conformance, served.location) as proxy:
+        assert proxy.add(a=1) == 11
+        assert [b.batch.column(0)[0].as_py() for b in proxy.count(limit=2)] == [0, 1]
+
+
+def test_sigterm_drains_and_streams_resume_on_another_replica(serve: Callable[..., Served], tmp_path: Path) -> None:
+    key_file = tmp_path / "token.key"
+    key_file.write_text("ab" * 32)
+    common = [
+        "tests.conformance_service:ConformanceImpl",
+        "--location",
+        "grpc://127.0.0.1:0",
+        "--token-key-file",
+        str(key_file),
+        "--drain-deadline",
+        "0.3",
+    ]
+    first, second = serve(*common), serve(*common)
+    limit = 20_000
+    with connect(Conformance, [first.location, second.location]) as proxy:
+        # Start the stream on the first replica (the pool starts with it), then drain that replica.
+        session = proxy.pids(limit=limit)
+        rows = []
+        for batch in session:
+            rows.append((batch.batch.column("i")[0].as_py(), batch.batch.column("pid")[0].as_py()))
+            if len(rows) == 20:
+                assert rows[-1][1] == first.proc.pid
+                first.proc.send_signal(signal.SIGTERM)
+        assert [i for i, _ in rows] == list(range(limit))
+        assert rows[-1][1] == second.proc.pid
+        assert first.proc.wait(timeout=30) == 0
+        assert proxy.add(a=5) == 15  # new calls go to the replica still serving
