@@ -153,3 +153,49 @@ def test_unresumable_stream_fails_clearly(replicas: list[ServerProcess]) -> None
         with pytest.raises(RpcError, match="could not be resumed") as info:
             read_and_kill_the_only_replica()
         assert info.value.error_type == "ResumeError"
+
+
+def test_fan_out_runs_on_every_replica(replicas: list[ServerProcess]) -> None:
+    connection = connect(Conformance, [r.location for r in replicas])
+    with connection:
+        pids = connection.fan_out(lambda proxy, i: (i, proxy.server_pid()))
+        assert [i for i, _ in pids] == [0, 1, 2]
+        assert {pid for _, pid in pids} == {r.proc.pid for r in replicas}
+        sums = connection.fan_out(lambda proxy, i: proxy.add(a=i, b=100), 7, deadline=30)
+        assert sums == [100 + i for i in range(7)]
+
+
+def test_fan_out_raises_the_first_failure(replicas: list[ServerProcess]) -> None:
+    connection = connect(Conformance, [r.location for r in replicas])
+
+    def call(proxy: Any, i: int) -> int:
+        return proxy.fail(message=f"partition {i}") if i == 2 else int(proxy.add(a=i))
+
+    with connection, pytest.raises(RpcError, match="partition 2"):
+        connection.fan_out(call, 4)
+
+
+def test_merge_reads_partitioned_streams_in_parallel(replicas: list[ServerProcess]) -> None:
+    connection = connect(Conformance, [r.location for r in replicas])
+    with connection:
+        seen: dict[int, list[int]] = {}
+        pids = set()
+        for part, batch in connection.merge(lambda proxy, i: proxy.pids(limit=50 + i), 6, deadline=60):
+            seen.setdefault(part, []).extend(batch.batch.column("i").to_pylist())
+            pids.add(batch.batch.column("pid")[0].as_py())
+        assert seen == {i: list(range(50 + i)) for i in range(6)}
+        assert pids == {r.proc.pid for r in replicas}
+
+
+def test_merge_deadline_tears_streams_down(replicas: list[ServerProcess]) -> None:
+    connection = connect(Conformance, [r.location for r in replicas])
+
+    def read_endless_partitions() -> None:
+        for _part, _batch in connection.merge(lambda proxy, i: proxy.count(limit=10**9), 3, deadline=0.5):
+            time.sleep(0.01)
+
+    with connection, pytest.raises(RpcError) as info:
+        read_endless_partitions()
+    assert info.value.code.value == "DEADLINE_EXCEEDED"
+    with connect(Conformance, [r.location for r in replicas]) as proxy:
+        assert proxy.add(a=1) == 11

@@ -7,6 +7,7 @@ ago is tried anyway: a pool never refuses to try.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -36,6 +37,8 @@ class LocationPool:
         self._ejected_until: dict[str, float] = {}
         self._next = 0
         self._lock = threading.Lock()
+        self._preferred: str | None = None
+        self._owner = True
 
     def client(self, location: str) -> flight.FlightClient:
         """The Flight client for ``location`` (also for locations outside the pool, e.g. advertised ones)."""
@@ -51,6 +54,9 @@ class LocationPool:
         avoid = set(avoid)
         now = time.monotonic()
         with self._lock:
+            preferred = self._preferred
+            if preferred and not among and preferred not in avoid and self._ejected_until.get(preferred, 0.0) <= now:
+                return preferred
             for offset in range(len(candidates)):
                 location = candidates[(self._next + offset) % len(candidates)]
                 if location not in avoid and self._ejected_until.get(location, 0.0) <= now:
@@ -65,8 +71,21 @@ class LocationPool:
         with self._lock:
             self._ejected_until[location] = time.monotonic() + self._eject_seconds
 
+    def prefer(self, location: str) -> LocationPool:
+        """A view of this pool that sends calls to ``location`` while it is healthy.
+
+        The view shares clients and ejections with this pool, so a stream started on its preferred
+        replica can still resume on any other; closing the view closes nothing.
+        """
+        view = copy.copy(self)
+        view._preferred = location
+        view._owner = False
+        return view
+
     def close(self) -> None:
-        """Close every client."""
+        """Close every client (a view made by :meth:`prefer` closes nothing)."""
+        if not self._owner:
+            return
         with self._lock:
             clients, self._clients = list(self._clients.values()), {}
         for client in clients:

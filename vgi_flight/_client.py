@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import random
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 
@@ -26,7 +29,7 @@ from vgi_flight._balance import LocationPool
 from vgi_flight._errors import ErrorCode, RpcError
 from vgi_flight._log import Message
 from vgi_flight._service import MethodDescription, MethodKind, ServiceDescription, describe_protocol
-from vgi_flight._streams import AnnotatedBatch, conform_batch
+from vgi_flight._streams import AnnotatedBatch, Stream, conform_batch
 
 P = TypeVar("P")
 HT = TypeVar("HT", bound=ArrowSerializableDataclass)
@@ -117,10 +120,14 @@ class _Transport:
             return self._plain_options
         return flight.FlightCallOptions(timeout=self.timeout, headers=self.credential.headers(rpc, payload))
 
-    def close(self) -> None:
-        # Tear down calls still open so closing the client (and the server's shutdown) never waits on them.
+    def abort_streams(self) -> None:
+        """Tear down every open stream of this transport (no ``on_cancel``)."""
         for session in list(self.sessions):
             session._abort()
+
+    def close(self) -> None:
+        # Tear down calls still open so closing the client (and the server's shutdown) never waits on them.
+        self.abort_streams()
         self.pool.close()
 
 
@@ -637,7 +644,8 @@ class RpcConnection(Generic[P]):
     ) -> None:
         """Wrap a pool of Flight clients (use :func:`connect`)."""
         self._transport = _Transport(pool, timeout, auth, on_log, resume_attempts)
-        self._proxy = cast(P, _Proxy(describe_protocol(cast(type, protocol)), self._transport))
+        self._service = describe_protocol(cast(type, protocol))
+        self._proxy = cast(P, _Proxy(self._service, self._transport))
 
     @property
     def proxy(self) -> P:
@@ -647,6 +655,120 @@ class RpcConnection(Generic[P]):
     def close(self) -> None:
         """Close the connection; open streams are torn down."""
         self._transport.close()
+
+    def _pinned_proxies(self, count: int, deadline: float | None) -> tuple[list[P], list[_Transport]]:
+        """``count`` proxies, the i-th preferring replica ``i % replicas`` (each can still fail over)."""
+        t = self._transport
+        locations = t.pool.locations
+        timeout = deadline if deadline is not None else t.timeout
+        transports = [
+            _Transport(t.pool.prefer(locations[i % len(locations)]), timeout, t.credential, t.on_log, t.resume_attempts)
+            for i in range(count)
+        ]
+        return [cast(P, _Proxy(self._service, tr)) for tr in transports], transports
+
+    def fan_out(
+        self, call: Callable[[P, int], T], count: int | None = None, *, deadline: float | None = None
+    ) -> list[T]:
+        """Run ``call(proxy, i)`` for ``i`` in ``range(count)`` concurrently, spread over the replicas.
+
+        ``count`` defaults to the number of locations, so each replica gets one call; with more
+        partitions than replicas they are dealt round robin. Results come back in order of ``i``.
+        When a call fails, or ``deadline`` (seconds, also each call's gRPC deadline) passes, the
+        other calls' open streams are torn down and the error is raised.
+
+        Raises:
+            RpcError: A call failed (its error), or the deadline passed (``DEADLINE_EXCEEDED``).
+        """
+        n = len(self._transport.pool.locations) if count is None else count
+        proxies, transports = self._pinned_proxies(n, deadline)
+        executor = ThreadPoolExecutor(max_workers=max(1, min(n, 32)), thread_name_prefix="vgi-fan-out")
+        try:
+            futures = [executor.submit(call, proxies[i], i) for i in range(n)]
+            done, pending = wait(futures, timeout=deadline, return_when=FIRST_EXCEPTION)
+            failed = next((f for f in futures if f in done and f.exception() is not None), None)
+            if failed is not None or pending:
+                for transport in transports:
+                    transport.abort_streams()
+                for future in pending:
+                    future.cancel()
+                if failed is not None:
+                    raise cast(BaseException, failed.exception())
+                raise RpcError(
+                    "DeadlineExceeded", f"fan-out did not finish within {deadline} s", code=ErrorCode.DEADLINE_EXCEEDED
+                )
+            return [f.result() for f in futures]
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    def merge(
+        self,
+        open_stream: Callable[[P, int], StreamSession | Stream[Any, Any]],
+        count: int | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> Iterator[tuple[int, AnnotatedBatch]]:
+        """Read ``count`` producer streams concurrently and yield ``(i, batch)`` as batches arrive.
+
+        ``open_stream(proxy, i)`` opens partition ``i`` (e.g. ``lambda p, i: p.scan(part=i, parts=n)``);
+        partitions are spread over the replicas as in :meth:`fan_out`, and each stream resumes on
+        another replica if its own fails. Leaving the loop early, an error in any partition, or the
+        deadline tears every stream down.
+
+        Raises:
+            RpcError: A partition failed, or the deadline passed (``DEADLINE_EXCEEDED``).
+        """
+        n = len(self._transport.pool.locations) if count is None else count
+        proxies, transports = self._pinned_proxies(n, deadline)
+        results: queue.Queue[tuple[int, AnnotatedBatch | BaseException | None]] = queue.Queue(maxsize=4 * n)
+        stop = threading.Event()
+
+        def deliver(item: tuple[int, AnnotatedBatch | BaseException | None]) -> bool:
+            while not stop.is_set():  # bounded queue: back-pressure on fast partitions
+                try:
+                    results.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def read(i: int) -> None:
+            try:
+                for batch in cast(Iterator[AnnotatedBatch], open_stream(proxies[i], i)):
+                    if not deliver((i, batch)):
+                        return
+                deliver((i, None))
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                deliver((i, exc))
+
+        threads = [threading.Thread(target=read, args=(i,), daemon=True, name=f"vgi-merge-{i}") for i in range(n)]
+        for thread in threads:
+            thread.start()
+        end = time.monotonic() + deadline if deadline is not None else None
+        try:
+            remaining = n
+            while remaining:
+                timeout = None if end is None else max(0.0, end - time.monotonic())
+                try:
+                    i, item = results.get(timeout=timeout)
+                except queue.Empty:
+                    raise RpcError(
+                        "DeadlineExceeded",
+                        f"merge did not finish within {deadline} s",
+                        code=ErrorCode.DEADLINE_EXCEEDED,
+                    ) from None
+                if item is None:
+                    remaining -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield i, item
+        finally:
+            stop.set()
+            for transport in transports:
+                transport.abort_streams()
+            for thread in threads:
+                thread.join(timeout=5)
 
     def __enter__(self) -> P:
         return self._proxy
