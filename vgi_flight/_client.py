@@ -79,7 +79,10 @@ class _BrokenError(Exception):
 
 
 def _backoff(failures: int) -> float:
-    return float(min(1.0, 0.05 * 2 ** (failures - 1)) * (0.5 + random.random() / 2))
+    """Seconds to wait before resume attempt ``failures``: none for the first, which goes to another replica."""
+    if failures <= 1:
+        return 0.0
+    return float(min(1.0, 0.05 * 2 ** (failures - 2)) * (0.5 + random.random() / 2))
 
 
 class _Transport:
