@@ -365,7 +365,11 @@ def failover_rows(samples: list[FailoverSample]) -> list[Row]:
         drained = statistics.median(s.drained_after_kill for s in mine)
         for label, values, note in (
             ("kill -> call fails", [s.detect_ms for s in mine], f"{drained:.0f} batches still delivered first"),
-            ("call fails -> resumed", [s.failover_ms - s.detect_ms for s in mine], "incl. 25-50 ms client backoff"),
+            (
+                "call fails -> resumed",
+                [s.failover_ms - s.detect_ms for s in mine],
+                "first resume goes to another replica at once",
+            ),
             ("kill -> first batch elsewhere", [s.failover_ms for s in mine], f"{n} kills, no loss/dup"),
             ("longest gap between batches", [s.gap_ms for s in mine], "the stall the reader sees"),
         ):
