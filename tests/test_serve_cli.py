@@ -119,3 +119,23 @@ def test_sigterm_drains_and_streams_resume_on_another_replica(serve: Callable[..
         assert rows[-1][1] == second.proc.pid
         assert first.proc.wait(timeout=30) == 0
         assert proxy.add(a=5) == 15  # new calls go to the replica still serving
+
+
+def test_serve_writes_access_log_and_metrics(serve: Callable[..., Served]) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    served = serve(
+        "tests.conformance_service:ConformanceImpl", "--location", "grpc://127.0.0.1:0", "--metrics-port", str(port)
+    )
+    with connect(Conformance, served.location) as proxy:
+        assert proxy.add(a=2) == 12
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert b'vgi_flight_calls_total{method="add",rpc="DoAction",status="OK"} 1.0' in response.read()
+    assert served.terminate() == 0
+    assert served.proc.stderr is not None
+    lines = [json.loads(line) for line in served.proc.stderr.read().splitlines() if line.startswith("{")]
+    assert any(line["method"] == "add" and line["status"] == "OK" for line in lines)

@@ -136,6 +136,23 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds open streams may run after SIGTERM (default 30)",
     )
     parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("metrics_port", "0") or 0),
+        help="serve Prometheus metrics on this port (/metrics; needs the metrics extra)",
+    )
+    parser.add_argument(
+        "--metrics-address",
+        default=_env("metrics_address", "127.0.0.1"),
+        help="address for the metrics endpoint (default 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--no-access-log",
+        action="store_true",
+        default=_env("no_access_log") == "1",
+        help="do not write the JSON access log line per call to stderr",
+    )
+    parser.add_argument(
         "--send-tracebacks",
         action="store_true",
         default=_env("send_tracebacks") == "1",
@@ -172,6 +189,7 @@ def build_server(args: argparse.Namespace) -> RpcServer:
         token_key=token_key,
         send_tracebacks=args.send_tracebacks,
         advertise=args.advertise,
+        metrics=bool(args.metrics_port),
         **kwargs,
     )
 
@@ -179,6 +197,15 @@ def build_server(args: argparse.Namespace) -> RpcServer:
 def serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT, then drain."""
     server = build_server(args)
+    if not args.no_access_log:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))  # each line is already a JSON object
+        access = logging.getLogger("vgi_flight.access")
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
+    if args.metrics_port:
+        server.serve_metrics(args.metrics_port, args.metrics_address)
     print(server.location, flush=True)
     log.info("serving on %s", server.location)
     if not server.serve(drain_deadline=args.drain_deadline):

@@ -37,6 +37,7 @@ from vgi_flight._compact import state_from_bytes, state_to_bytes
 from vgi_flight._context import AuthContext, CallContext
 from vgi_flight._errors import ErrorCode, RpcError
 from vgi_flight._log import Message
+from vgi_flight._observe import CallRecord, Metrics, finish
 from vgi_flight._service import BoundMethod, MethodDescription, MethodKind, bind_implementation, describe_protocol
 from vgi_flight._streams import (
     EMPTY_SCHEMA,
@@ -167,7 +168,9 @@ class _Dispatcher:
         max_request_bytes: int,
         max_message_bytes: int,
         advertise: Sequence[str],
+        metrics: Metrics | None,
     ) -> None:
+        self.metrics = metrics
         self.advertise = [flight.Location(uri) for uri in advertise]
         self.live_calls = 0
         self.draining = False  # refuse new calls
@@ -237,13 +240,16 @@ class _Dispatcher:
         except AuthenticationError:
             raise RequestRejectedError(ErrorCode.UNAUTHENTICATED, "authentication failed") from None
 
-    def data_messages(self, live: _LiveStream, data: AnnotatedBatch) -> list[tuple[pa.RecordBatch, bytes]]:
+    def data_messages(
+        self, live: _LiveStream, data: AnnotatedBatch, record: CallRecord
+    ) -> list[tuple[pa.RecordBatch, bytes]]:
         """The messages that carry one data batch: the batch, or its slices when it is too large.
 
         Slicing at ``max_message_bytes`` lets clients with gRPC's 4 MiB receive limit read any batch.
         """
         metadata = wire.data_metadata(live.token(), live.seq, data.custom_metadata)
         batch = data.batch
+        record.batch_out(batch)
         if batch.nbytes <= self.max_message_bytes or batch.num_rows <= 1:
             return [(batch, metadata)]
         rows = max(1, batch.num_rows * self.max_message_bytes // batch.nbytes)
@@ -252,17 +258,26 @@ class _Dispatcher:
         return [(piece, part) for piece in pieces[:-1]] + [(pieces[-1], metadata)]
 
     @contextlib.contextmanager
-    def call(self, context: flight.ServerCallContext | None = None) -> Iterator[None]:
-        """Track one call for draining; refuse it with UNAVAILABLE while the server drains."""
+    def call(self, rpc: str, context: flight.ServerCallContext) -> Iterator[CallRecord]:
+        """Track one call: draining, the access log and metrics. Refused with UNAVAILABLE while draining."""
         if self.draining:
             raise RequestRejectedError(ErrorCode.UNAVAILABLE, "server is draining: retry on another replica")
+        record = CallRecord(rpc)
         with self._calls_lock:
             self.live_calls += 1
+        if self.metrics is not None:
+            self.metrics.live.inc()
         try:
-            yield
+            yield record
+        except BaseException as exc:
+            record.status = "CANCELLED" if context.is_cancelled() else _status_of(exc).value
+            raise
         finally:
             with self._calls_lock:
                 self.live_calls -= 1
+            if self.metrics is not None:
+                self.metrics.live.dec()
+            finish(record, self.metrics)
 
     def check_not_ending(self) -> None:
         """Between turns: past the drain deadline, end the stream so the client resumes elsewhere."""
@@ -614,10 +629,14 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
         name = action.type
         try:
-            with self._d.call():
+            with self._d.call("DoAction", context) as record:
+                record.method = name
+                record.kind = "action" if name in wire.RESERVED_ACTIONS else "unary"
                 self._d.check_size(action.body.size if action.body is not None else 0, "action body")
                 body = action.body.to_pybytes() if action.body is not None else b""
+                record.bytes_in = len(body)
                 auth = self._d.authenticate(context, "DoAction", request_payload("DoAction", body, name), name)
+                record.principal = auth.principal or ""
                 if name == wire.HEALTH_ACTION:
                     return iter([b'{"status":"SERVING"}'])
                 if name == wire.DESCRIBE_ACTION:
@@ -633,14 +652,17 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
         try:
-            with self._d.call():
+            with self._d.call("GetFlightInfo", context) as record:
+                record.kind = "stream-start"
                 request = self._d.command_of(descriptor)
                 auth = self._d.authenticate(context, "GetFlightInfo", request)
+                record.principal = auth.principal or ""
                 if wire.is_token(request):
                     raise RequestRejectedError(
                         ErrorCode.INVALID_ARGUMENT, "GetFlightInfo takes a call request, not a token"
                     )
                 live = self._d.open_stream(context, auth, request)
+                record.method = live.ctx.method
                 metadata = wire.stream_info_metadata(
                     exchange=live.exchange,
                     input_schema=wire.schema_bytes(live.input_schema),
@@ -682,13 +704,20 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
     ) -> Iterator[tuple[pa.RecordBatch, bytes]]:
         empty = live.empty_batch
         try:
-            with self._d.call():
-                yield from self._stream_output(context, live, prelude, empty)
+            with self._d.call("DoGet", context) as record:
+                record.method, record.kind = live.ctx.method, "producer"
+                record.principal = live.ctx.auth.principal or ""
+                yield from self._stream_output(context, live, prelude, empty, record)
         except Exception as exc:
             raise self._d.to_flight_error(exc, f"DoGet {live.ctx.method}") from None
 
     def _stream_output(
-        self, context: flight.ServerCallContext, live: _LiveStream, prelude: list[bytes], empty: pa.RecordBatch
+        self,
+        context: flight.ServerCallContext,
+        live: _LiveStream,
+        prelude: list[bytes],
+        empty: pa.RecordBatch,
+        record: CallRecord,
     ) -> Iterator[tuple[pa.RecordBatch, bytes]]:
         for metadata in prelude:
             yield empty, metadata
@@ -699,7 +728,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
                 yield empty, wire.log_json(msg)
             data = out.data
             if data is not None:
-                yield from self._d.data_messages(live, data)
+                yield from self._d.data_messages(live, data, record)
             if out.finished:
                 return
 
@@ -712,8 +741,9 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
     ) -> None:
         where = "DoExchange"
         try:
-            with self._d.call():
-                self._exchange(context, descriptor, reader, writer)
+            with self._d.call("DoExchange", context) as record:
+                record.kind = "exchange"
+                self._exchange(context, descriptor, reader, writer, record)
         except Exception as exc:
             if context.is_cancelled():
                 log.debug("%s: client went away", where)
@@ -726,10 +756,13 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
         descriptor: flight.FlightDescriptor,
         reader: flight.MetadataRecordBatchReader,
         writer: flight.MetadataRecordBatchWriter,
+        record: CallRecord,
     ) -> None:
         command = self._d.command_of(descriptor)
         auth = self._d.authenticate(context, "DoExchange", command)
+        record.principal = auth.principal or ""
         live, prelude = self._d.stream_from(context, auth, command, exchange=True)
+        record.method = live.ctx.method
         empty = live.empty_batch
         writer.begin(live.output_schema)
         for metadata in prelude:
@@ -742,6 +775,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
             self._d.check_not_ending()  # before consuming the batch: the client re-sends it elsewhere
             batch = chunk.data
             if batch is not None:
+                record.batch_in(batch)
                 self._d.check_size(batch.nbytes, "input batch")
                 try:
                     batch.validate(full=True)
@@ -766,7 +800,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
             for msg in out.logs:
                 writer.write_with_metadata(empty, wire.log_json(msg))
             assert out.data is not None
-            for batch, metadata in self._d.data_messages(live, out.data):
+            for batch, metadata in self._d.data_messages(live, out.data, record):
                 writer.write_with_metadata(batch, metadata)
 
 
@@ -797,6 +831,7 @@ class RpcServer:
         max_request_bytes: int = 64 * 1024 * 1024,
         max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES,
         advertise: Sequence[str] = (),
+        metrics: bool = False,
     ) -> None:
         """Build (and bind) the server; call :meth:`serve` to block or use it as a context manager.
 
@@ -825,6 +860,8 @@ class RpcServer:
                 gRPC's default 4 MiB receive limit can read them; every client reassembles them.
             advertise: Locations of the replicas that can serve this service's streams, listed in
                 every FlightInfo endpoint so clients can read streams from any of them.
+            metrics: Keep Prometheus metrics (needs ``prometheus_client``, the ``metrics`` extra);
+                read them with :meth:`metrics_text` or serve them with :meth:`serve_metrics`.
 
         Raises:
             TypeError: The implementation does not fit the Protocol.
@@ -848,6 +885,7 @@ class RpcServer:
             max_request_bytes=max_request_bytes,
             max_message_bytes=max_message_bytes,
             advertise=advertise,
+            metrics=Metrics() if metrics else None,
         )
         kwargs: dict[str, Any] = {}
         if auth is not None:
@@ -905,6 +943,22 @@ class RpcServer:
         """Return ``self``: the server already accepts calls (kept for ``with``-style use)."""
         return self
 
+    def metrics_text(self) -> bytes:
+        """The server's metrics in the Prometheus text format.
+
+        Raises:
+            RuntimeError: The server was built without ``metrics=True``.
+        """
+        if self._dispatcher.metrics is None:
+            raise RuntimeError("build the server with metrics=True")
+        return self._dispatcher.metrics.exposition()
+
+    def serve_metrics(self, port: int, address: str = "127.0.0.1") -> None:
+        """Serve ``/metrics`` over HTTP on ``address:port`` for Prometheus to scrape."""
+        if self._dispatcher.metrics is None:
+            raise RuntimeError("build the server with metrics=True")
+        self._dispatcher.metrics.serve_http(port, address)
+
     @property
     def live_calls(self) -> int:
         """Calls in progress (streams count until they end)."""
@@ -960,6 +1014,19 @@ class RpcServer:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+def _status_of(exc: BaseException) -> ErrorCode:
+    """The status code a failed call ends with (for the access log and metrics)."""
+    if isinstance(exc, RequestRejectedError | RpcError):
+        return exc.code
+    if isinstance(exc, TokenError):
+        return ErrorCode.UNAUTHENTICATED
+    if isinstance(exc, wire.WireError):
+        return ErrorCode.INVALID_ARGUMENT
+    if isinstance(exc, flight.FlightError):
+        return wire.rpc_error_from_flight(exc).code
+    return next((c for t, c in _CODE_FOR_EXCEPTION if isinstance(exc, t)), ErrorCode.UNKNOWN)
 
 
 def _bound_location(location: str, port: int) -> str:
