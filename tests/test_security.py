@@ -329,3 +329,26 @@ def test_encrypted_state_hides_state_from_clients() -> None:
     plain = RpcServer(Conformance, ConformanceImpl(), token_key=TOKEN_KEY)
     with plain as server, connect(Conformance, server.location) as proxy:
         assert b"secret-tag-value" in proxy.count(limit=1, tag="secret-tag-value").token
+
+
+def test_require_hmac_refuses_certificate_only_calls() -> None:
+    ca = DevCA()
+    server_pem, client_pem = ca.issue("localhost", server=True), ca.issue("alice-laptop", server=False)
+    auth = make_auth(require_mtls=True, require_hmac=True)
+    server = RpcServer(
+        Conformance,
+        ConformanceImpl(),
+        "grpc+tls://127.0.0.1:0",
+        token_key=TOKEN_KEY,
+        auth=auth,
+        verify_client=True,
+        tls_certificates=[(server_pem.cert, server_pem.key)],
+        root_certificates=ca.cert_pem,
+    )
+    client_tls = {"tls_root_certs": ca.cert_pem, "cert_chain": client_pem.cert, "private_key": client_pem.key}
+    with server:
+        with connect(Conformance, server.location, **client_tls) as proxy, pytest.raises(RpcError) as info:
+            proxy.whoami()
+        assert info.value.code is ErrorCode.UNAUTHENTICATED
+        with connect(Conformance, server.location, auth=ALICE, **client_tls) as proxy:
+            assert proxy.whoami() == "alice"

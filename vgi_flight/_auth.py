@@ -165,6 +165,7 @@ class ServerAuth:
         bearer_tokens: Bearer token → principal.
         authenticate: A hook that returns an AuthContext for a request, or ``None`` to pass.
         require_mtls: Also require a verified client certificate on every call.
+        require_hmac: Require an HMAC signature on every call (with ``require_mtls``, both).
         trusted_identity_header: Behind a TLS-terminating proxy that verified the client
             certificate, take the client identity from this header. Only set this when the proxy
             strips the header from incoming requests.
@@ -179,6 +180,7 @@ class ServerAuth:
     bearer_tokens: Mapping[str, str] = field(default_factory=dict, repr=False)
     authenticate: Authenticate | None = None
     require_mtls: bool = False
+    require_hmac: bool = False
     trusted_identity_header: str | None = None
     allow_anonymous: bool = False
     max_clock_skew: float = 300.0
@@ -361,6 +363,10 @@ def resolve_identity(
             raise AuthenticationError(AUTH_FAILED)
     if config.trusted_identity_header and credential.forwarded_identity:
         mtls = AuthContext(domain="mtls-proxy", authenticated=True, principal=credential.forwarded_identity)
+    if config.require_hmac and (credential.auth is None or credential.auth.domain != "hmac"):
+        if method in config.public_methods:
+            return AuthContext.anonymous()
+        raise AuthenticationError(AUTH_FAILED)
     if config.require_mtls and mtls is None:
         if method in config.public_methods:
             return AuthContext.anonymous()

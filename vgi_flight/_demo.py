@@ -22,6 +22,23 @@ class Point(ArrowSerializableDataclass):
 
 
 @dataclass(frozen=True)
+class Caller(ArrowSerializableDataclass):
+    """Who the server thinks is calling, and how it knows.
+
+    Attributes:
+        principal: ``ctx.auth.principal`` ("" when anonymous).
+        domain: The scheme that authenticated the call (``hmac``, ``mtls``, ...).
+        key_id: The HMAC key that signed the call ("" when unsigned).
+        certificate: The client certificate's identity ("" without mTLS).
+    """
+
+    principal: str
+    domain: str
+    key_id: str
+    certificate: str
+
+
+@dataclass(frozen=True)
 class CountdownHeader(ArrowSerializableDataclass):
     """Sent once before a countdown's batches."""
 
@@ -46,6 +63,10 @@ class DemoService(Protocol):
 
     def divide(self, a: float, b: float) -> float:
         """Divide; dividing by zero raises on the server and reaches the caller as RpcError."""
+        ...
+
+    def whoami(self) -> Caller:
+        """The caller's principal as the server authenticated it (HMAC key id, client certificate)."""
         ...
 
     def countdown(self, start: int) -> Stream[StreamState, CountdownHeader]:
@@ -109,6 +130,16 @@ class DemoServiceImpl:
         if b == 0:
             raise ZeroDivisionError("division by zero")
         return a / b
+
+    def whoami(self, *, ctx: CallContext) -> Caller:
+        """Report ``ctx.auth``."""
+        auth = ctx.auth
+        return Caller(
+            principal=auth.principal or "",
+            domain=auth.domain or "anonymous",
+            key_id=str(auth.claims.get("key_id", "")),
+            certificate=str(auth.claims.get("mtls_identity", auth.principal if auth.domain == "mtls" else "") or ""),
+        )
 
     def countdown(self, start: int) -> Stream[CountdownState, CountdownHeader]:
         """Producer with a header."""

@@ -1,4 +1,4 @@
-"""``vgi-flight serve`` and ``vgi-flight health``: run a service as a process, probe one.
+"""``vgi-flight serve``: run a service as a process.
 
 Every ``serve`` option can also come from an environment variable ``VGI_FLIGHT_<OPTION>`` (upper
 snake case; repeatable options take a comma-separated list), so container platforms can
@@ -18,9 +18,6 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import pyarrow.flight as flight
-
-from vgi_flight import _wire as wire
 from vgi_flight._auth import HmacKey, ServerAuth
 from vgi_flight._server import RpcServer
 from vgi_flight._service import describe_protocol
@@ -180,7 +177,9 @@ def build_server(args: argparse.Namespace) -> RpcServer:
         kwargs["root_certificates"] = Path(args.client_ca).read_bytes()
     if args.hmac_keys_file or args.client_ca:
         hmac_keys = read_hmac_keys(args.hmac_keys_file) if args.hmac_keys_file else {}
-        kwargs["auth"] = ServerAuth(hmac_keys=hmac_keys, require_mtls=bool(args.client_ca))
+        kwargs["auth"] = ServerAuth(
+            hmac_keys=hmac_keys, require_mtls=bool(args.client_ca), require_hmac=bool(args.hmac_keys_file)
+        )
     token_key = read_token_keys(args.token_key_file) if args.token_key_file else None
     return RpcServer(
         protocol,
@@ -214,38 +213,3 @@ def serve(args: argparse.Namespace) -> int:
         logging.shutdown()
         os._exit(1)
     return 0
-
-
-def add_health_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``vgi-flight health``."""
-    parser.add_argument("location", help="the server to probe")
-    parser.add_argument("--tls-root-certs", help="CA bundle (PEM) to verify the server")
-    parser.add_argument("--tls-cert", help="client certificate (PEM), when the server requires mTLS")
-    parser.add_argument("--tls-key", help="client private key (PEM)")
-    parser.add_argument("--override-hostname", help="name to verify the server certificate against")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
-
-
-def health(args: argparse.Namespace) -> int:
-    """Call the ``__health__`` action; exit 0 when the server is serving."""
-    kwargs: dict[str, Any] = {}
-    if args.tls_root_certs:
-        kwargs["tls_root_certs"] = Path(args.tls_root_certs).read_bytes()
-    if args.tls_cert:
-        kwargs["cert_chain"] = Path(args.tls_cert).read_bytes()
-        kwargs["private_key"] = Path(args.tls_key).read_bytes() if args.tls_key else None
-    if args.override_hostname:
-        kwargs["override_hostname"] = args.override_hostname
-    client = flight.FlightClient(args.location, **kwargs)
-    try:
-        results = list(
-            client.do_action(flight.Action(wire.HEALTH_ACTION, b""), flight.FlightCallOptions(timeout=args.timeout))
-        )
-        status = json.loads(results[0].body.to_pybytes()).get("status")
-    except Exception as exc:  # any failure means "not healthy"; say why
-        print(f"unhealthy: {str(exc).splitlines()[0][:200]}", file=sys.stderr)
-        return 1
-    finally:
-        client.close()
-    print(status)
-    return 0 if status == "SERVING" else 1
