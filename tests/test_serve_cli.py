@@ -139,3 +139,29 @@ def test_serve_writes_access_log_and_metrics(serve: Callable[..., Served]) -> No
     assert served.proc.stderr is not None
     lines = [json.loads(line) for line in served.proc.stderr.read().splitlines() if line.startswith("{")]
     assert any(line["method"] == "add" and line["status"] == "OK" for line in lines)
+
+
+def test_configuration_from_a_toml_file(serve: Callable[..., Served], tmp_path: Path) -> None:
+    key_file = tmp_path / "token.key"
+    key_file.write_text("cd" * 32)
+    config = tmp_path / "serve.toml"
+    config.write_text(
+        'implementation = "tests.conformance_service:ConformanceImpl"\n'
+        'location = "grpc://127.0.0.1:1"\n'  # overridden by the command line below
+        f'token_key_file = "{key_file}"\n'
+        "drain_deadline = 2.5\n"
+    )
+    served = serve("--config", str(config), "--location", "grpc://127.0.0.1:0")
+    with connect(Conformance, served.location) as proxy:
+        assert proxy.add(a=3) == 13
+    bad = tmp_path / "bad.toml"
+    bad.write_text('no_such_option = 1\nimplementation = "tests.conformance_service:ConformanceImpl"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "vgi_flight", "serve", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "unknown option 'no_such_option'" in result.stderr

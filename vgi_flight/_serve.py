@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import tomllib
 import typing
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,12 @@ def read_hmac_keys(path: str) -> dict[str, HmacKey]:
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``vgi-flight serve``."""
     parser.add_argument(
+        "--config",
+        default=_env("config"),
+        help="a TOML file of serve options (keys as the long option names); options and "
+        "VGI_FLIGHT_* variables take precedence over it",
+    )
+    parser.add_argument(
         "implementation",
         metavar="MODULE:ATTR",
         nargs="?",
@@ -157,6 +164,28 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def apply_config_file(args: argparse.Namespace, parser_defaults: dict[str, Any]) -> None:
+    """Fill options from the ``--config`` TOML file where neither the command line nor the environment set them.
+
+    Raises:
+        SystemExit: The file is unreadable, not TOML, or names an unknown option.
+    """
+    if not args.config:
+        return
+    try:
+        with open(args.config, "rb") as fh:
+            values = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SystemExit(f"config file {args.config}: {exc}") from None
+    for key, value in values.items():
+        dest = key.replace("-", "_")
+        if dest not in parser_defaults or dest == "config":
+            raise SystemExit(f"config file {args.config}: unknown option {key!r}")
+        given = getattr(args, dest) != parser_defaults[dest]
+        if not given and _env(dest) is None:
+            setattr(args, dest, value)
+
+
 def build_server(args: argparse.Namespace) -> RpcServer:
     """Build the server an argument namespace describes."""
     if not args.implementation:
@@ -195,6 +224,7 @@ def build_server(args: argparse.Namespace) -> RpcServer:
 
 def serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT, then drain."""
+    apply_config_file(args, args.serve_defaults)
     server = build_server(args)
     if not args.no_access_log:
         handler = logging.StreamHandler(sys.stderr)

@@ -113,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.set_defaults(run=_demo)
     serve = commands.add_parser("serve", help="serve a Protocol implementation (SIGTERM drains)")
     _serve.add_serve_arguments(serve)
-    serve.set_defaults(run=_serve.serve)
+    defaults = {action.dest: action.default for action in serve._actions if action.dest != "help"}
+    serve.set_defaults(run=_serve.serve, serve_defaults=defaults)
     health = commands.add_parser("health", help="probe a server's __health__ action (exit 0 when serving)")
     _cli_call.add_health_arguments(health)
     health.set_defaults(run=_cli_call.health)
