@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from types import TracebackType
-from typing import Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -30,6 +30,11 @@ from vgi_flight._errors import ErrorCode, RpcError
 from vgi_flight._log import Message
 from vgi_flight._service import MethodDescription, MethodKind, ServiceDescription, describe_protocol
 from vgi_flight._streams import AnnotatedBatch, Stream, conform_batch
+from vgi_flight._tracing import ClientTracing, client_tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.trace import TracerProvider
 
 P = TypeVar("P")
 HT = TypeVar("HT", bound=ArrowSerializableDataclass)
@@ -95,12 +100,14 @@ class _Transport:
         credential: ClientCredential | None,
         on_log: OnLog,
         resume_attempts: int = 5,
+        tracing: ClientTracing | None = None,
     ) -> None:
         self.pool = pool
         self.timeout = timeout
         self.credential = credential
         self.on_log = on_log
         self.resume_attempts = resume_attempts
+        self.tracing = tracing
         self._plain_options = flight.FlightCallOptions(timeout=timeout)
         self.sessions: weakref.WeakSet[StreamSession] = weakref.WeakSet()
 
@@ -117,11 +124,26 @@ class _Transport:
                     raise
                 self.pool.eject(location)
 
-    def options(self, rpc: str, payload: bytes) -> flight.FlightCallOptions:
-        """Call options for one call: the deadline, plus credential headers signed over ``payload``."""
-        if self.credential is None:
+    def options(self, rpc: str, payload: bytes, trace_context: Context | None = None) -> flight.FlightCallOptions:
+        """Call options for one call: the deadline, credential headers signed over ``payload``, trace context.
+
+        Args:
+            rpc: The Flight RPC name.
+            payload: What the credential signs (:func:`request_payload`).
+            trace_context: The OpenTelemetry context to propagate (default: the current one).
+        """
+        if self.credential is None and self.tracing is None:
             return self._plain_options
-        return flight.FlightCallOptions(timeout=self.timeout, headers=self.credential.headers(rpc, payload))
+        headers = list(self.credential.headers(rpc, payload)) if self.credential is not None else []
+        if self.tracing is not None:
+            headers.extend(self.tracing.headers(trace_context))
+        return flight.FlightCallOptions(timeout=self.timeout, headers=headers)
+
+    def span(self, rpc: str, method: str) -> contextlib.AbstractContextManager[Context | None]:
+        """A CLIENT span around one call when tracing is on; yields its context (``None`` when off)."""
+        if self.tracing is None:
+            return contextlib.nullcontext()
+        return self.tracing.span(rpc, method)
 
     def abort_streams(self) -> None:
         """Tear down every open stream of this transport (no ``on_cancel``)."""
@@ -177,9 +199,11 @@ class StreamSession:
         header: ArrowSerializableDataclass | None,
         location: str,
         endpoints: list[str],
+        trace_context: Context | None = None,
     ) -> None:
         """Create a session (done by the proxy)."""
         self._t = transport
+        self._trace_context = trace_context  # the stream-open span: later calls of the stream join its trace
         self._location = location
         self._endpoints = endpoints
         self._method = method
@@ -273,7 +297,9 @@ class StreamSession:
         """Read the producer from the current position; raise :class:`_BrokenError` when the call breaks."""
         token = self.token
         try:
-            reader = self._t.pool.client(self._location).do_get(flight.Ticket(token), self._t.options("DoGet", token))
+            reader = self._t.pool.client(self._location).do_get(
+                flight.Ticket(token), self._t.options("DoGet", token, self._trace_context)
+            )
         except (flight.FlightError, pa.ArrowException) as exc:
             raise self._classify(exc) from None
         self._get_reader = reader
@@ -343,7 +369,7 @@ class StreamSession:
         token = self.token
         descriptor = flight.FlightDescriptor.for_command(token)
         client = self._t.pool.client(self._location)
-        writer, reader = client.do_exchange(descriptor, self._t.options("DoExchange", token))
+        writer, reader = client.do_exchange(descriptor, self._t.options("DoExchange", token, self._trace_context))
         self._writer, self._reader = writer, reader
         self._read_until(wire.KIND_READY)
         writer.begin(self.input_schema)
@@ -480,7 +506,9 @@ class StreamSession:
         action = flight.Action(wire.CANCEL_ACTION, token)
 
         def cancel_call(client: flight.FlightClient) -> None:
-            options = self._t.options("DoAction", request_payload("DoAction", token, wire.CANCEL_ACTION))
+            options = self._t.options(
+                "DoAction", request_payload("DoAction", token, wire.CANCEL_ACTION), self._trace_context
+            )
             for result in client.do_action(action, options):
                 _handle_metadata(wire.parse_metadata(result.body.to_pybytes()), self._t.on_log)
 
@@ -553,15 +581,16 @@ class _Proxy:
                         result = item.body
                 return result
 
-            try:
-                _, result = t.first_available(do_action)
-            except (flight.FlightError, pa.ArrowException) as exc:
-                raise wire.rpc_error_from_flight(exc) from None
-            if result is None:
-                raise _protocol_error(f"{desc.name}() returned no result message")
-            if codec is None:
-                return None
-            return codec.from_arrow(result_framing.decode(result, "result").column(0)[0].as_py())
+            with t.span("DoAction", desc.name):
+                try:
+                    _, result = t.first_available(do_action)
+                except (flight.FlightError, pa.ArrowException) as exc:
+                    raise wire.rpc_error_from_flight(exc) from None
+                if result is None:
+                    raise _protocol_error(f"{desc.name}() returned no result message")
+                if codec is None:
+                    return None
+                return codec.from_arrow(result_framing.decode(result, "result").column(0)[0].as_py())
 
         return call
 
@@ -573,12 +602,13 @@ class _Proxy:
                 raise TypeError(f"{desc.name}() takes keyword arguments only")
             request = wire.encode_call(desc.name, encode_params(desc, kwargs))
             descriptor = flight.FlightDescriptor.for_command(request)
-            try:
-                location, info = t.first_available(
-                    lambda client: client.get_flight_info(descriptor, t.options("GetFlightInfo", request))
-                )
-            except (flight.FlightError, pa.ArrowException) as exc:
-                raise wire.rpc_error_from_flight(exc) from None
+            with t.span("GetFlightInfo", desc.name) as trace_context:
+                try:
+                    location, info = t.first_available(
+                        lambda client: client.get_flight_info(descriptor, t.options("GetFlightInfo", request))
+                    )
+                except (flight.FlightError, pa.ArrowException) as exc:
+                    raise wire.rpc_error_from_flight(exc) from None
             endpoint = info.endpoints[0]
             meta = wire.parse_metadata(info.app_metadata)
             for entry in meta.get("logs", ()):
@@ -599,6 +629,7 @@ class _Proxy:
                 endpoints=[
                     loc.uri.decode() if isinstance(loc.uri, bytes) else str(loc.uri) for loc in endpoint.locations
                 ],
+                trace_context=trace_context,
             )
 
         return call
@@ -644,9 +675,10 @@ class RpcConnection(Generic[P]):
         auth: ClientCredential | None,
         on_log: OnLog,
         resume_attempts: int,
+        tracing: ClientTracing | None = None,
     ) -> None:
         """Wrap a pool of Flight clients (use :func:`connect`)."""
-        self._transport = _Transport(pool, timeout, auth, on_log, resume_attempts)
+        self._transport = _Transport(pool, timeout, auth, on_log, resume_attempts, tracing)
         self._service = describe_protocol(cast(type, protocol))
         self._proxy = cast(P, _Proxy(self._service, self._transport))
 
@@ -665,7 +697,14 @@ class RpcConnection(Generic[P]):
         locations = t.pool.locations
         timeout = deadline if deadline is not None else t.timeout
         transports = [
-            _Transport(t.pool.prefer(locations[i % len(locations)]), timeout, t.credential, t.on_log, t.resume_attempts)
+            _Transport(
+                t.pool.prefer(locations[i % len(locations)]),
+                timeout,
+                t.credential,
+                t.on_log,
+                t.resume_attempts,
+                t.tracing,
+            )
             for i in range(count)
         ]
         return [cast(P, _Proxy(self._service, tr)) for tr in transports], transports
@@ -812,6 +851,7 @@ def connect(
     auth: ClientCredential | None = None,
     resume_attempts: int = 5,
     eject_seconds: float = 5.0,
+    tracing: bool | TracerProvider = False,
 ) -> RpcConnection[P]:
     """Connect to a vgi-flight server.
 
@@ -834,10 +874,18 @@ def connect(
         resume_attempts: How often a broken stream is reopened from its last token (on another
             replica when there is one) before the call fails with ``ResumeError``.
         eject_seconds: How long a replica whose call failed in transport is avoided.
+        tracing: Trace calls with OpenTelemetry (needs the ``otel`` extra): a CLIENT span per
+            unary call and stream open, and the trace context (``traceparent``/``tracestate``
+            through the global propagator) sent with every call. ``True`` uses the global
+            TracerProvider; pass a ``TracerProvider`` to use that one instead.
 
     Returns:
         A connection; entering it yields the typed proxy.
+
+    Raises:
+        ImportError: ``tracing`` is on and OpenTelemetry is not installed.
     """
+    tracer = client_tracing(tracing)
     locations = [location] if isinstance(location, str) else list(location)
     pool = LocationPool(
         locations,
@@ -857,6 +905,7 @@ def connect(
         auth=auth,
         on_log=on_log or _default_on_log,
         resume_attempts=resume_attempts,
+        tracing=tracer,
     )
 
 

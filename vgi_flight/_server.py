@@ -18,7 +18,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -57,6 +57,11 @@ from vgi_flight._tokens import (
     new_stream_id,
     verify_token,
 )
+from vgi_flight._tracing import MIDDLEWARE_KEY as TRACE_MIDDLEWARE_KEY
+from vgi_flight._tracing import server_tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 log = logging.getLogger("vgi_flight.server")
 
@@ -169,6 +174,7 @@ class _Dispatcher:
         max_message_bytes: int,
         advertise: Sequence[str],
         metrics: Metrics | None,
+        tracing: bool | TracerProvider = False,
     ) -> None:
         self.metrics = metrics
         self.advertise = [flight.Location(uri) for uri in advertise]
@@ -182,6 +188,7 @@ class _Dispatcher:
         self.encrypt_state = encrypt_state
         self.service = describe_protocol(protocol)
         self.methods: dict[str, BoundMethod] = bind_implementation(self.service, implementation)
+        self.tracing = server_tracing(tracing, self.service.name)
         self.implementation = implementation
         self.keys = keys
         self.token_ttl = token_ttl
@@ -258,18 +265,33 @@ class _Dispatcher:
         return [(piece, part) for piece in pieces[:-1]] + [(pieces[-1], metadata)]
 
     @contextlib.contextmanager
-    def call(self, rpc: str, context: flight.ServerCallContext) -> Iterator[CallRecord]:
-        """Track one call: draining, the access log and metrics. Refused with UNAVAILABLE while draining."""
+    def call(self, rpc: str, context: flight.ServerCallContext, *, activate: bool = True) -> Iterator[CallRecord]:
+        """Track one call: draining, access log, metrics, trace span. Refused with UNAVAILABLE while draining.
+
+        Args:
+            rpc: The Flight RPC name.
+            context: The call's context.
+            activate: Make the call's span current while the body runs (not for generators, whose
+                body runs in pieces, possibly on other threads).
+        """
         if self.draining:
             raise RequestRejectedError(ErrorCode.UNAVAILABLE, "server is draining: retry on another replica")
         record = CallRecord(rpc)
+        span = self.tracing.start(record, context) if self.tracing is not None else None
+        failure: BaseException | None = None
         with self._calls_lock:
             self.live_calls += 1
         if self.metrics is not None:
             self.metrics.live.inc()
         try:
-            yield record
+            if span is not None and activate:
+                assert self.tracing is not None
+                with self.tracing.activate(span):
+                    yield record
+            else:
+                yield record
         except BaseException as exc:
+            failure = exc
             record.status = "CANCELLED" if context.is_cancelled() else _status_of(exc).value
             raise
         finally:
@@ -278,6 +300,9 @@ class _Dispatcher:
             if self.metrics is not None:
                 self.metrics.live.dec()
             finish(record, self.metrics)
+            if span is not None:
+                assert self.tracing is not None
+                self.tracing.finish(span, record, failure)
 
     def check_not_ending(self) -> None:
         """Between turns: past the drain deadline, end the stream so the client resumes elsewhere."""
@@ -704,7 +729,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
     ) -> Iterator[tuple[pa.RecordBatch, bytes]]:
         empty = live.empty_batch
         try:
-            with self._d.call("DoGet", context) as record:
+            with self._d.call("DoGet", context, activate=False) as record:
                 record.method, record.kind = live.ctx.method, "producer"
                 record.principal = live.ctx.auth.principal or ""
                 yield from self._stream_output(context, live, prelude, empty, record)
@@ -832,6 +857,7 @@ class RpcServer:
         max_message_bytes: int = wire.DEFAULT_MAX_MESSAGE_BYTES,
         advertise: Sequence[str] = (),
         metrics: bool = False,
+        tracing: bool | TracerProvider = False,
     ) -> None:
         """Build (and bind) the server; call :meth:`serve` to block or use it as a context manager.
 
@@ -862,9 +888,14 @@ class RpcServer:
                 every FlightInfo endpoint so clients can read streams from any of them.
             metrics: Keep Prometheus metrics (needs ``prometheus_client``, the ``metrics`` extra);
                 read them with :meth:`metrics_text` or serve them with :meth:`serve_metrics`.
+            tracing: Trace every call with OpenTelemetry (needs the ``otel`` extra): a SERVER span
+                per call, child of the W3C trace context the client sent, and call count and
+                duration metrics through the global MeterProvider. ``True`` uses the global
+                TracerProvider; pass a ``TracerProvider`` to use that one instead.
 
         Raises:
             TypeError: The implementation does not fit the Protocol.
+            ImportError: ``tracing`` is on and OpenTelemetry is not installed.
         """
         if token_key is None:
             log.warning("no token key given: using a random per-process key; streams cannot resume on other replicas")
@@ -886,10 +917,16 @@ class RpcServer:
             max_message_bytes=max_message_bytes,
             advertise=advertise,
             metrics=Metrics() if metrics else None,
+            tracing=tracing,
         )
         kwargs: dict[str, Any] = {}
+        middleware: dict[str, flight.ServerMiddlewareFactory] = {}
         if auth is not None:
-            kwargs["middleware"] = {MIDDLEWARE_KEY: AuthMiddlewareFactory(auth)}
+            middleware[MIDDLEWARE_KEY] = AuthMiddlewareFactory(auth)
+        if self._dispatcher.tracing is not None:
+            middleware[TRACE_MIDDLEWARE_KEY] = self._dispatcher.tracing.middleware_factory()
+        if middleware:
+            kwargs["middleware"] = middleware
         if tls_certificates:
             kwargs["tls_certificates"] = tls_certificates
             kwargs["verify_client"] = verify_client
