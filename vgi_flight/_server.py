@@ -257,7 +257,10 @@ class _Dispatcher:
         metadata = wire.data_metadata(live.token(), live.seq, data.custom_metadata)
         batch = data.batch
         record.batch_out(batch)
-        if batch.nbytes <= self.max_message_bytes or batch.num_rows <= 1:
+        # The buffer total is cheap and never below nbytes; only a large batch pays for the exact size.
+        if batch.get_total_buffer_size() <= self.max_message_bytes or batch.num_rows <= 1:
+            return [(batch, metadata)]
+        if batch.nbytes <= self.max_message_bytes:
             return [(batch, metadata)]
         rows = max(1, batch.num_rows * self.max_message_bytes // batch.nbytes)
         pieces = [batch.slice(start, rows) for start in range(0, batch.num_rows, rows)]
@@ -801,7 +804,8 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
             batch = chunk.data
             if batch is not None:
                 record.batch_in(batch)
-                self._d.check_size(batch.nbytes, "input batch")
+                if batch.get_total_buffer_size() > self._d.max_request_bytes:  # cheap bound first
+                    self._d.check_size(batch.nbytes, "input batch")
                 try:
                     batch.validate(full=True)
                 except pa.ArrowInvalid as exc:
