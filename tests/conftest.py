@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +48,52 @@ def spawn_server() -> Iterator[Callable[..., ServerProcess]]:
     yield spawn
     for server in started:
         server.stop()
+
+
+def _vgi_flight_command() -> list[str]:
+    script = Path(sys.executable).with_name("vgi-flight")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "vgi_flight"]
+
+
+class Served:
+    """``vgi-flight serve ARGS`` in a child process; ``location`` is the first line it prints."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        full_env = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
+        self.proc = subprocess.Popen(
+            [*_vgi_flight_command(), "serve", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=full_env,
+            cwd=ROOT,
+        )
+        assert self.proc.stdout is not None
+        self.location = self.proc.stdout.readline().strip()
+        if not self.location:
+            raise AssertionError(f"vgi-flight serve {args} did not start: {self.proc.communicate(timeout=10)[1]}")
+
+    def terminate(self) -> int:
+        """SIGTERM the server and return its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., Served]]:
+    started: list[Served] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Served:
+        served = Served(list(args), env)
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        if served.proc.poll() is None:
+            served.proc.kill()
+        served.proc.wait(timeout=30)
+        for stream in (served.proc.stdout, served.proc.stderr):
+            if stream is not None:
+                stream.close()

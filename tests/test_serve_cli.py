@@ -7,52 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from tests.conformance_service import Conformance
+from tests.conftest import Served
 from vgi_flight import connect
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class Served:
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        full_env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vgi_flight", "serve", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=full_env,
-            cwd=ROOT,
-        )
-        assert self.proc.stdout is not None
-        self.location = self.proc.stdout.readline().strip()
-        if not self.location:
-            raise AssertionError(self.proc.communicate(timeout=10)[1])
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[..., Served]]:
-    started: list[Served] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> Served:
-        served = Served(list(args), env)
-        started.append(served)
-        return served
-
-    yield start
-    for served in started:
-        if served.proc.poll() is None:
-            served.proc.kill()
-            served.proc.wait()
 
 
 def health(location: str) -> subprocess.CompletedProcess[str]:

@@ -209,18 +209,16 @@ class _Dispatcher:
         if isinstance(exc, flight.FlightError) and str(exc).startswith(wire.ERROR_MARKER):
             return exc  # already converted further down the stack
         tb = "".join(traceback.format_exception(exc)) if self.send_tracebacks else ""
+        code = _error_code(exc)
         if isinstance(exc, RequestRejectedError):
-            log.info("%s refused: %s %s", where, exc.code.value, exc.message)
-            return wire.error_status(exc.code, exc.error_type, exc.message, tb)
+            log.info("%s refused: %s %s", where, code.value, exc.message)
+            return wire.error_status(code, exc.error_type, exc.message, tb)
         if isinstance(exc, RpcError):
-            return wire.error_status(exc.code, exc.error_type, exc.error_message, tb or exc.remote_traceback)
-        if isinstance(exc, TokenError):
-            return wire.error_status(ErrorCode.UNAUTHENTICATED, "TokenError", str(exc), tb)
-        if isinstance(exc, wire.WireError):
-            return wire.error_status(ErrorCode.INVALID_ARGUMENT, "WireError", str(exc), tb)
+            return wire.error_status(code, exc.error_type, exc.error_message, tb or exc.remote_traceback)
+        if isinstance(exc, TokenError | wire.WireError):
+            return wire.error_status(code, type(exc).__name__, str(exc), tb)
         if isinstance(exc, flight.FlightError):
-            return wire.error_status(ErrorCode.UNKNOWN, type(exc).__name__, str(exc).split(". Detail:")[0], tb)
-        code = next((c for t, c in _CODE_FOR_EXCEPTION if isinstance(exc, t)), ErrorCode.UNKNOWN)
+            return wire.error_status(code, type(exc).__name__, str(exc).split(". Detail:")[0], tb)
         log.info("%s raised %s: %s", where, type(exc).__name__, exc, exc_info=exc)
         return wire.error_status(code, type(exc).__name__, str(exc), tb)
 
@@ -295,7 +293,7 @@ class _Dispatcher:
                 yield record
         except BaseException as exc:
             failure = exc
-            record.status = "CANCELLED" if context.is_cancelled() else _status_of(exc).value
+            record.status = "CANCELLED" if context.is_cancelled() else _error_code(exc).value
             raise
         finally:
             with self._calls_lock:
@@ -1057,8 +1055,8 @@ class RpcServer:
         self.shutdown()
 
 
-def _status_of(exc: BaseException) -> ErrorCode:
-    """The status code a failed call ends with (for the access log and metrics)."""
+def _error_code(exc: BaseException) -> ErrorCode:
+    """The code a failed call reports to its client (also what the access log and metrics record)."""
     if isinstance(exc, RequestRejectedError | RpcError):
         return exc.code
     if isinstance(exc, TokenError):
@@ -1066,7 +1064,8 @@ def _status_of(exc: BaseException) -> ErrorCode:
     if isinstance(exc, wire.WireError):
         return ErrorCode.INVALID_ARGUMENT
     if isinstance(exc, flight.FlightError):
-        return wire.rpc_error_from_flight(exc).code
+        # Converted further down the stack: its JSON body holds the code; any other FlightError is UNKNOWN.
+        return wire.rpc_error_from_flight(exc).code if str(exc).startswith(wire.ERROR_MARKER) else ErrorCode.UNKNOWN
     return next((c for t, c in _CODE_FOR_EXCEPTION if isinstance(exc, t)), ErrorCode.UNKNOWN)
 
 
