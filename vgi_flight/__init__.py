@@ -13,6 +13,7 @@ from vgi_flight._client import RpcConnection, StreamSession, connect, introspect
 from vgi_flight._context import AuthContext, CallContext
 from vgi_flight._errors import ErrorCode, ProtocolError, RpcError
 from vgi_flight._log import Level, Message
+from vgi_flight._observe import ServerStats
 from vgi_flight._pipe import serve_pipe
 from vgi_flight._server import RpcServer
 from vgi_flight._service import MethodDescription, MethodKind, ServiceDescription, describe_protocol
@@ -52,6 +53,7 @@ __all__ = [
     "RpcError",
     "RpcServer",
     "ServerAuth",
+    "ServerStats",
     "ServiceDescription",
     "Stream",
     "StreamSession",

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any
 
 import pyarrow as pa
@@ -49,11 +52,79 @@ class CallRecord:
         self.bytes_out += batch.get_total_buffer_size()
 
 
+class StreamOutcome(Enum):
+    """How a stream call (``DoGet`` or ``DoExchange``) ended on this server."""
+
+    COMPLETED = "completed"  # the producer finished, or the client ended the exchange
+    CANCELLED = "cancelled"  # the client cancelled the stream: on_cancel ran (in-band or by __cancel__)
+    ABANDONED = "abandoned"  # the client went away or stopped reading before the end
+    HANDED_OFF = "handed_off"  # ended by a draining server; the client resumes it elsewhere
+    FAILED = "failed"  # the handler or the request failed
+
+
+@dataclass(frozen=True)
+class ServerStats:
+    """A snapshot of what a server holds and has done since it started (see ``RpcServer.stats``).
+
+    Attributes:
+        live_calls: Calls in progress, streams included.
+        open_streams: Stream calls in progress.
+        streams_completed: Stream calls that reached their end.
+        streams_cancelled: Streams the client cancelled, so that ``on_cancel`` ran: an exchange
+            cancelled in-band, or any stream cancelled with the ``__cancel__`` action (a producer's
+            cancel also ends its ``DoGet`` call, counted as abandoned).
+        streams_abandoned: Stream calls whose client went away or stopped reading; the server freed them.
+        streams_handed_off: Stream calls a draining server ended so that the client resumes elsewhere.
+        streams_failed: Stream calls that ended with an error.
+        handlers_timed_out: Handler invocations ended by the handler deadline.
+        hung_handlers: Handlers still running although their call was ended.
+    """
+
+    live_calls: int = 0
+    open_streams: int = 0
+    streams_completed: int = 0
+    streams_cancelled: int = 0
+    streams_abandoned: int = 0
+    streams_handed_off: int = 0
+    streams_failed: int = 0
+    handlers_timed_out: int = 0
+    hung_handlers: int = 0
+
+
+class StreamCounts:
+    """Counts of stream calls by outcome, kept by every server (cheap: one lock per stream call)."""
+
+    def __init__(self) -> None:
+        """Start at zero."""
+        self._lock = threading.Lock()
+        self.open = 0
+        self.ended = dict.fromkeys(StreamOutcome, 0)
+
+    def opened(self) -> None:
+        """A stream call started."""
+        with self._lock:
+            self.open += 1
+
+    def closed(self, outcome: StreamOutcome) -> None:
+        """A stream call ended."""
+        with self._lock:
+            self.open -= 1
+            self.ended[outcome] += 1
+
+    def cancelled(self) -> None:
+        """A stream was cancelled outside a stream call (a producer's ``__cancel__`` action)."""
+        with self._lock:
+            self.ended[StreamOutcome.CANCELLED] += 1
+
+
 class Metrics:
     """Prometheus metrics of one server."""
 
-    def __init__(self) -> None:
+    def __init__(self, stats: Callable[[], ServerStats] | None = None) -> None:
         """Create the metrics in a registry of their own.
+
+        Args:
+            stats: Where the stream and handler figures come from (read at each scrape).
 
         Raises:
             ImportError: ``prometheus_client`` is not installed (``pip install vgi-flight[metrics]``).
@@ -72,6 +143,8 @@ class Metrics:
         self.rows = prom.Counter("vgi_flight_rows", "Rows", ["method", "direction"], registry=self.registry)
         self.bytes = prom.Counter("vgi_flight_bytes", "Arrow bytes", ["method", "direction"], registry=self.registry)
         self.live = prom.Gauge("vgi_flight_live_calls", "Calls in progress", registry=self.registry)
+        if stats is not None:
+            self.registry.register(_StatsCollector(stats))
 
     def observe(self, record: CallRecord, seconds: float) -> None:
         """Account one finished call."""
@@ -99,6 +172,34 @@ class Metrics:
         import prometheus_client as prom
 
         return prom.start_http_server(port, addr=address, registry=self.registry)
+
+
+class _StatsCollector:
+    """Expose a :class:`ServerStats` snapshot as Prometheus metrics at scrape time."""
+
+    def __init__(self, stats: Callable[[], ServerStats]) -> None:
+        self._stats = stats
+
+    def describe(self) -> list[Any]:
+        return []  # unchecked collector: the families are built at collect time
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        snapshot = self._stats()
+        yield GaugeMetricFamily("vgi_flight_open_streams", "Stream calls in progress", value=snapshot.open_streams)
+        ended = CounterMetricFamily("vgi_flight_streams_ended", "Stream calls ended, by outcome", labels=["outcome"])
+        for outcome in StreamOutcome:
+            ended.add_metric([outcome.value], getattr(snapshot, f"streams_{outcome.value}"))
+        yield ended
+        yield CounterMetricFamily(
+            "vgi_flight_handlers_timed_out",
+            "Handler invocations ended by the handler deadline",
+            value=snapshot.handlers_timed_out,
+        )
+        yield GaugeMetricFamily(
+            "vgi_flight_hung_handlers", "Handlers still running after their call ended", value=snapshot.hung_handlers
+        )
 
 
 def finish(record: CallRecord, metrics: Metrics | None) -> None:

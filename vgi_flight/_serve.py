@@ -140,6 +140,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds open streams may run after SIGTERM (default 30)",
     )
     parser.add_argument(
+        "--handler-deadline",
+        type=float,
+        default=float(_env("handler_deadline", "0") or 0) or None,
+        help="seconds one handler invocation may run before its call fails with DEADLINE_EXCEEDED "
+        "(runs handlers on worker threads; default: no limit, handlers on the gRPC thread)",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=int,
         default=int(_env("metrics_port", "0") or 0),
@@ -218,6 +225,7 @@ def build_server(args: argparse.Namespace) -> RpcServer:
         send_tracebacks=args.send_tracebacks,
         advertise=args.advertise,
         metrics=bool(args.metrics_port),
+        handler_deadline=args.handler_deadline,
         **kwargs,
     )
 

@@ -18,7 +18,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -36,8 +36,9 @@ from vgi_flight._auth import (
 from vgi_flight._compact import state_from_bytes, state_to_bytes
 from vgi_flight._context import AuthContext, CallContext
 from vgi_flight._errors import ErrorCode, RpcError
+from vgi_flight._handlers import CallWatch, HandlerEndedError, HandlerPool
 from vgi_flight._log import Message
-from vgi_flight._observe import CallRecord, Metrics, finish
+from vgi_flight._observe import CallRecord, Metrics, ServerStats, StreamCounts, StreamOutcome, finish
 from vgi_flight._service import BoundMethod, MethodDescription, MethodKind, bind_implementation, describe_protocol
 from vgi_flight._streams import (
     EMPTY_SCHEMA,
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
 log = logging.getLogger("vgi_flight.server")
+T = TypeVar("T")
 
 _TICK = AnnotatedBatch(pa.RecordBatch.from_pydict({}))
 # The result of every void method: the empty schema and one batch without columns.
@@ -98,6 +100,9 @@ _CODE_FOR_EXCEPTION: tuple[tuple[type[BaseException], ErrorCode], ...] = (
 )
 
 
+_ENDED_HANDLER_OUTCOME = {ErrorCode.CANCELLED: StreamOutcome.ABANDONED, ErrorCode.UNAVAILABLE: StreamOutcome.HANDED_OFF}
+
+
 def _state_class_path(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
@@ -112,6 +117,7 @@ class _LiveStream:
     exchange: bool
     signer: StreamSigner
     ctx: CallContext
+    watch: CallWatch
     seq: int = 0
     header: bytes | None = None
     init_logs: list[Message] = field(default_factory=list)
@@ -129,11 +135,11 @@ class _LiveStream:
         """Mint a token for the current position."""
         return self.signer.mint(self.seq, state_to_bytes(self.state))
 
-    def turn(self, input: AnnotatedBatch) -> OutputCollector:
-        """Run one ``process`` call and check it kept the stream's rules."""
+    def turn(self, input: AnnotatedBatch, invoke: _Invoke) -> OutputCollector:
+        """Run one ``process`` call (through ``invoke``) and check it kept the stream's rules."""
         out = OutputCollector(self.output_schema, producer=not self.exchange)
         self.ctx._log_sink = out.emit_client_log_message
-        self.state.process(input, out, self.ctx)
+        invoke(self.watch, lambda: self.state.process(input, out, self.ctx))
         if out.data is not None:
             self.seq += 1
         elif self.exchange:
@@ -146,14 +152,17 @@ class _LiveStream:
             )
         return out
 
-    def cancel(self) -> list[Message]:
-        """Run ``on_cancel`` once; return the logs it emitted."""
+    def cancel(self, invoke: _Invoke) -> list[Message]:
+        """Run ``on_cancel`` once (through ``invoke``); return the logs it emitted."""
         logs: list[Message] = []
         if not self.cancelled:
             self.cancelled = True
             self.ctx._log_sink = logs.append
-            self.state.on_cancel(self.ctx)
+            invoke(self.watch, lambda: self.state.on_cancel(self.ctx))
         return logs
+
+
+_Invoke = Callable[[CallWatch, Callable[[], Any]], Any]
 
 
 class _Dispatcher:
@@ -173,10 +182,13 @@ class _Dispatcher:
         max_request_bytes: int,
         max_message_bytes: int,
         advertise: Sequence[str],
-        metrics: Metrics | None,
+        metrics: bool,
+        handler_deadline: float | None = None,
         tracing: bool | TracerProvider = False,
     ) -> None:
-        self.metrics = metrics
+        self.metrics = Metrics(self.stats) if metrics else None
+        self.streams = StreamCounts()
+        self.handlers = HandlerPool(handler_deadline) if handler_deadline is not None else None
         self.advertise = [flight.Location(uri) for uri in advertise]
         self.live_calls = 0
         self.draining = False  # refuse new calls
@@ -202,6 +214,55 @@ class _Dispatcher:
         }
         self._describe_bytes: bytes | None = None
 
+    def stats(self) -> ServerStats:
+        """What the server holds and has done (see :class:`ServerStats`)."""
+        streams = self.streams
+        return ServerStats(
+            live_calls=self.live_calls,
+            open_streams=streams.open,
+            streams_completed=streams.ended[StreamOutcome.COMPLETED],
+            streams_cancelled=streams.ended[StreamOutcome.CANCELLED],
+            streams_abandoned=streams.ended[StreamOutcome.ABANDONED],
+            streams_handed_off=streams.ended[StreamOutcome.HANDED_OFF],
+            streams_failed=streams.ended[StreamOutcome.FAILED],
+            handlers_timed_out=self.handlers.timed_out if self.handlers is not None else 0,
+            hung_handlers=self.handlers.hung if self.handlers is not None else 0,
+        )
+
+    def invoke(self, watch: CallWatch, fn: Callable[[], T]) -> T:
+        """Run one handler invocation: inline, or on a worker under the handler deadline."""
+        if self.handlers is None:
+            return fn()
+        return self.handlers.run(fn, watch, lambda: self.ending)
+
+    @contextlib.contextmanager
+    def stream_call(self, context: flight.ServerCallContext, live: _LiveStream) -> Iterator[None]:
+        """Count a stream call by how it ends, and end its watch so late handlers see it cancelled."""
+        self.streams.opened()
+        outcome = StreamOutcome.FAILED
+        try:
+            yield
+            if live.cancelled:
+                outcome = StreamOutcome.CANCELLED
+            elif live.watch.cancelled():  # a vanished client's exchange input just ends
+                outcome = StreamOutcome.ABANDONED
+            else:
+                outcome = StreamOutcome.COMPLETED
+        except GeneratorExit:
+            outcome = StreamOutcome.ABANDONED  # pyarrow closed the producer: the client stopped reading
+            raise
+        except BaseException as exc:
+            if isinstance(exc, HandlerEndedError):  # its watch is ended: the reason is in the code
+                outcome = _ENDED_HANDLER_OUTCOME.get(exc.code, StreamOutcome.FAILED)
+            elif live.watch.cancelled():
+                outcome = StreamOutcome.ABANDONED
+            elif _error_code(exc) is ErrorCode.UNAVAILABLE and self.ending:
+                outcome = StreamOutcome.HANDED_OFF
+            raise
+        finally:
+            live.watch.end()
+            self.streams.closed(outcome)
+
     # --- errors -------------------------------------------------------------------------------
 
     def to_flight_error(self, exc: BaseException, where: str) -> flight.FlightError:
@@ -210,7 +271,7 @@ class _Dispatcher:
             return exc  # already converted further down the stack
         tb = "".join(traceback.format_exception(exc)) if self.send_tracebacks else ""
         code = _error_code(exc)
-        if isinstance(exc, RequestRejectedError):
+        if isinstance(exc, RequestRejectedError | HandlerEndedError):
             log.info("%s refused: %s %s", where, code.value, exc.message)
             return wire.error_status(code, exc.error_type, exc.message, tb)
         if isinstance(exc, RpcError):
@@ -344,7 +405,12 @@ class _Dispatcher:
             raise RequestRejectedError(ErrorCode.PERMISSION_DENIED, f"'{who}' is not allowed to call '{method}'")
 
     def new_context(
-        self, context: flight.ServerCallContext, auth: AuthContext, method: str, sink: Callable[[Message], None]
+        self,
+        context: flight.ServerCallContext,
+        watch: CallWatch,
+        auth: AuthContext,
+        method: str,
+        sink: Callable[[Message], None],
     ) -> CallContext:
         """Build the CallContext for one call."""
         return CallContext(
@@ -352,7 +418,7 @@ class _Dispatcher:
             method=method,
             request_id=os.urandom(8).hex(),
             log_sink=sink,
-            cancelled=context.is_cancelled,
+            cancelled=watch.cancelled,
             transport_metadata={"peer": context.peer()},
         )
 
@@ -421,9 +487,13 @@ class _Dispatcher:
         batch = params_framing.decode(body, "action body") if body else None
         kwargs = self.decode_params(desc, batch)
         logs: list[Message] = []
+        watch = CallWatch(context)
         if bound.takes_ctx:
-            kwargs["ctx"] = self.new_context(context, auth, name, logs.append)
-        result = bound.call(**kwargs)
+            kwargs["ctx"] = self.new_context(context, watch, auth, name, logs.append)
+        try:
+            result = self.invoke(watch, lambda: bound.call(**kwargs))
+        finally:
+            watch.end()
         out = [wire.log_json(m) for m in logs]
         out.append(
             _VOID_RESULT if desc.result_codec is None else result_framing.encode(self.encode_result(desc, result))
@@ -455,10 +525,15 @@ class _Dispatcher:
         self.authorize(auth, name)
         kwargs = self.decode_params(bound.description, params)
         logs: list[Message] = []
-        ctx = self.new_context(context, auth, name, logs.append)
+        watch = CallWatch(context)
+        ctx = self.new_context(context, watch, auth, name, logs.append)
         if bound.takes_ctx:
             kwargs["ctx"] = ctx
-        stream = bound.call(**kwargs)
+        try:
+            stream = self.invoke(watch, lambda: bound.call(**kwargs))
+        except BaseException:
+            watch.end()
+            raise
         if not isinstance(stream, Stream):
             raise RequestRejectedError(
                 ErrorCode.INTERNAL, f"{name}() must return a Stream, returned {type(stream).__name__}"
@@ -491,6 +566,7 @@ class _Dispatcher:
             exchange=stream.is_exchange,
             signer=StreamSigner(self.keys, binding, self.token_ttl, encrypt=self.encrypt_state),
             ctx=ctx,
+            watch=watch,
             header=header.serialize_to_bytes() if header is not None else None,
             init_logs=logs,
         )
@@ -503,7 +579,8 @@ class _Dispatcher:
         if binding.principal != (auth.principal or ""):
             raise RequestRejectedError(ErrorCode.PERMISSION_DENIED, "this stream token belongs to another principal")
         self.authorize(auth, binding.method)
-        ctx = self.new_context(context, auth, bound.description.name, lambda _m: None)
+        watch = CallWatch(context)
+        ctx = self.new_context(context, watch, auth, bound.description.name, lambda _m: None)
         cls = self._resolve_state_class(binding.state_class)
         try:
             state = state_from_bytes(cls, verified.state)
@@ -519,6 +596,7 @@ class _Dispatcher:
             exchange=len(input_schema) > 0 or _is_exchange_class(cls),
             signer=StreamSigner(self.keys, binding, self.token_ttl, encrypt=self.encrypt_state),
             ctx=ctx,
+            watch=watch,
             seq=verified.seq,
         )
 
@@ -564,7 +642,12 @@ class _Dispatcher:
     def cancel_from_token(self, context: flight.ServerCallContext, auth: AuthContext, token: bytes) -> list[bytes]:
         """Serve the ``__cancel__`` action: run ``on_cancel`` on the state a token carries."""
         live = self.resume_stream(context, auth, token)
-        return [wire.log_json(m) for m in live.cancel()]
+        try:
+            logs = [wire.log_json(m) for m in live.cancel(self.invoke)]
+        finally:
+            live.watch.end()
+        self.streams.cancelled()
+        return logs
 
     def describe_bytes(self) -> bytes:
         """The ``__describe__`` result: one row per method (see the wire protocol)."""
@@ -696,6 +779,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
                     logs=live.init_logs,
                     seq=live.seq,
                 )
+                live.watch.end()  # the state travels on in the token; this call is over
                 endpoint = flight.FlightEndpoint(live.token(), self._d.advertise)
                 return flight.FlightInfo(live.output_schema, descriptor, [endpoint], -1, -1, app_metadata=metadata)
         except Exception as exc:
@@ -710,7 +794,9 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
             if bound is not None and bound.description.kind is MethodKind.UNARY:
                 self._d.authorize(auth, name)
                 return flight.SchemaResult(bound.description.result_schema)
-            return flight.SchemaResult(self._d.open_stream(context, auth, request).output_schema)
+            live = self._d.open_stream(context, auth, request)
+            live.watch.end()
+            return flight.SchemaResult(live.output_schema)
         except Exception as exc:
             raise self._d.to_flight_error(exc, "GetSchema") from None
 
@@ -730,7 +816,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
     ) -> Iterator[tuple[pa.RecordBatch, bytes]]:
         empty = live.empty_batch
         try:
-            with self._d.call("DoGet", context, activate=False) as record:
+            with self._d.call("DoGet", context, activate=False) as record, self._d.stream_call(context, live):
                 record.method, record.kind = live.ctx.method, "producer"
                 record.principal = live.ctx.auth.principal or ""
                 yield from self._stream_output(context, live, prelude, empty, record)
@@ -749,7 +835,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
             yield empty, metadata
         while not context.is_cancelled():
             self._d.check_not_ending()
-            out = live.turn(_TICK)
+            out = live.turn(_TICK, self._d.invoke)
             for msg in out.logs:
                 yield empty, wire.log_json(msg)
             data = out.data
@@ -789,6 +875,17 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
         record.principal = auth.principal or ""
         live, prelude = self._d.stream_from(context, auth, command, exchange=True)
         record.method = live.ctx.method
+        with self._d.stream_call(context, live):
+            self._exchange_turns(live, prelude, reader, writer, record)
+
+    def _exchange_turns(
+        self,
+        live: _LiveStream,
+        prelude: list[bytes],
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.MetadataRecordBatchWriter,
+        record: CallRecord,
+    ) -> None:
         empty = live.empty_batch
         writer.begin(live.output_schema)
         for metadata in prelude:
@@ -811,7 +908,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
             if batch is None:
                 control = wire.parse_metadata(chunk.app_metadata)
                 if control.get("kind") == wire.KIND_CANCEL:
-                    for msg in live.cancel():
+                    for msg in live.cancel(self._d.invoke):
                         writer.write_with_metadata(empty, wire.log_json(msg))
                     return
                 raise RequestRejectedError(
@@ -823,7 +920,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
                 raise RequestRejectedError(ErrorCode.INVALID_ARGUMENT, str(exc)) from None
             custom = wire.parse_metadata(chunk.app_metadata).get("metadata")
             meta = pa.KeyValueMetadata(custom) if isinstance(custom, dict) and custom else None
-            out = live.turn(AnnotatedBatch(batch, meta))
+            out = live.turn(AnnotatedBatch(batch, meta), self._d.invoke)
             for msg in out.logs:
                 writer.write_with_metadata(empty, wire.log_json(msg))
             assert out.data is not None
@@ -860,6 +957,7 @@ class RpcServer:
         advertise: Sequence[str] = (),
         metrics: bool = False,
         tracing: bool | TracerProvider = False,
+        handler_deadline: float | None = None,
     ) -> None:
         """Build (and bind) the server; call :meth:`serve` to block or use it as a context manager.
 
@@ -894,6 +992,14 @@ class RpcServer:
                 per call, child of the W3C trace context the client sent, and call count and
                 duration metrics through the global MeterProvider. ``True`` uses the global
                 TracerProvider; pass a ``TracerProvider`` to use that one instead.
+            handler_deadline: Longest time, in seconds, one handler invocation may run: a unary
+                method, a stream method, one ``produce``/``exchange`` turn, ``on_cancel``. When it
+                passes the call fails with DEADLINE_EXCEEDED and the handler's ``ctx.cancelled``
+                turns ``True``. Setting it runs handlers on worker threads (a thread hand-off per
+                invocation), which also lets the server end a call whose client went away, and a
+                drain end a hung handler, without waiting for the handler to return. ``None`` (the
+                default) runs handlers on the gRPC thread: fastest, but a hung handler holds its
+                call until it returns.
 
         Raises:
             TypeError: The implementation does not fit the Protocol.
@@ -918,7 +1024,8 @@ class RpcServer:
             max_request_bytes=max_request_bytes,
             max_message_bytes=max_message_bytes,
             advertise=advertise,
-            metrics=Metrics() if metrics else None,
+            metrics=metrics,
+            handler_deadline=handler_deadline,
             tracing=tracing,
         )
         kwargs: dict[str, Any] = {}
@@ -1003,23 +1110,31 @@ class RpcServer:
         """Calls in progress (streams count until they end)."""
         return self._dispatcher.live_calls
 
+    def stats(self) -> ServerStats:
+        """Open streams, how stream calls ended, and handlers past their deadline, since the server started."""
+        return self._dispatcher.stats()
+
     def drain(self, deadline: float = 30.0, grace: float = 5.0) -> bool:
         """Stop gracefully: what a rolling update needs.
 
         New calls are refused with UNAVAILABLE at once (clients retry on another replica). Open
         calls may finish for up to ``deadline`` seconds; then every open stream ends at its next
-        turn with UNAVAILABLE, and clients resume it elsewhere from their last token. Finally the
-        server stops, waiting at most ``grace`` seconds for calls stuck on a stalled client.
+        turn with UNAVAILABLE, and clients resume it elsewhere from their last token. With a
+        ``handler_deadline``, a handler still running then is abandoned too: its call ends with
+        UNAVAILABLE (the handler keeps its worker thread until it returns). Finally the server
+        stops, waiting at most ``grace`` seconds in all for calls stuck on a stalled client or in
+        a handler running on the gRPC thread.
 
         Returns:
-            Whether the server stopped (``False``: a call is stuck on a stalled client).
+            Whether the server stopped (``False``: a call is still stuck).
         """
         dispatcher = self._dispatcher
         dispatcher.draining = True
         self._wait_for_calls(deadline)
         dispatcher.ending = True  # past the deadline: end open streams at their next turn
+        stop_by = time.monotonic() + grace
         self._wait_for_calls(grace)
-        return self.shutdown(timeout=grace)
+        return self.shutdown(timeout=max(0.1, stop_by - time.monotonic()))
 
     def _wait_for_calls(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -1057,7 +1172,7 @@ class RpcServer:
 
 def _error_code(exc: BaseException) -> ErrorCode:
     """The code a failed call reports to its client (also what the access log and metrics record)."""
-    if isinstance(exc, RequestRejectedError | RpcError):
+    if isinstance(exc, RequestRejectedError | RpcError | HandlerEndedError):
         return exc.code
     if isinstance(exc, TokenError):
         return ErrorCode.UNAUTHENTICATED
