@@ -14,7 +14,7 @@ import pytest
 
 from tests import conformance_service as svc
 from tests.conformance_service import Color, Conformance, ConformanceImpl, Header, Inner, Rich
-from vgi_flight import AnnotatedBatch, ErrorCode, Level, Message, RpcError, connect, serve_pipe
+from vgi_flight import AnnotatedBatch, ErrorCode, Level, Message, RpcError, RpcServer, connect, serve_pipe
 
 
 class LogSink:
@@ -286,7 +286,7 @@ def test_abandoned_exchange_does_not_hang_shutdown(logs: LogSink) -> None:
     assert session is not None
 
 
-def test_large_batches_are_sliced_and_reassembled(proxy: Conformance) -> None:
+def test_large_batches_arrive_whole(proxy: Conformance) -> None:
     rows = 400_000  # ~10 MiB per batch: more than gRPC's default 4 MiB receive limit
     batches = list(proxy.big(rows=rows))
     assert [b.batch.num_rows for b in batches] == [rows, rows]
@@ -296,3 +296,38 @@ def test_large_batches_are_sliced_and_reassembled(proxy: Conformance) -> None:
     with proxy.echo_stream() as session:
         out = session.exchange(AnnotatedBatch(big_input))
         assert out.batch.equals(big_input)
+
+
+def test_client_reassembles_sliced_batches_read_from_a_token() -> None:
+    """A stream opened without asking for whole batches (e.g. by a client with gRPC's 4 MiB limit)
+    arrives in data_part slices; the Python client joins them, also when it picks the stream up from a token."""
+    import pyarrow.flight as flight
+
+    from vgi_flight import _wire as wire
+    from vgi_flight._client import StreamSession
+
+    rows = 400_000
+    with (
+        RpcServer(Conformance, ConformanceImpl(), "grpc://127.0.0.1:0", token_key=b"t" * 32) as server,
+        connect(Conformance, server.location) as proxy,
+    ):
+        params = pa.record_batch({"rows": pa.array([rows]), "batches": pa.array([3])})
+        raw = flight.connect(server.location)
+        info = raw.get_flight_info(flight.FlightDescriptor.for_command(wire.encode_call("big", params)))
+        raw.close()
+        transport = proxy._t  # type: ignore[attr-defined]
+        session = StreamSession(
+            transport,
+            method="big",
+            exchange=False,
+            token=info.endpoints[0].ticket.ticket,
+            seq=0,
+            output_schema=info.schema,
+            input_schema=pa.schema([]),
+            header=None,
+            location=server.location,
+            endpoints=[],
+        )
+        batches = [b.batch for b in session]
+        assert [b.num_rows for b in batches] == [rows] * 3
+        assert batches[2].column("i")[rows - 1].as_py() == 3 * rows - 1

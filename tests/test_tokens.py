@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import os
@@ -200,13 +201,27 @@ def test_mac_uses_derived_key_not_raw_secret() -> None:
     assert remac(ring, body) == token
 
 
-@pytest.mark.parametrize("flags", [0x02, 0x03, 0x80, 0xFF])
+@pytest.mark.parametrize("flags", [0x04, 0x07, 0x80, 0xFF])
 def test_unknown_flag_bits_are_refused(flags: int) -> None:
     ring = KeyRing.single(KEY)
     body = bytearray(mint(ring, encrypt=bool(flags & 1))[:-MAC_SIZE])
     body[4] = flags
     with pytest.raises(TokenError, match="features this server does not support"):
         verify_token(ring, remac(ring, bytes(body)))
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_whole_batches_choice_travels_in_the_signed_flags(encrypt: bool) -> None:
+    ring = KeyRing.single(KEY)
+    whole = dataclasses.replace(BINDING, whole_batches=True)
+    token = StreamSigner(ring, whole, None, encrypt=encrypt).mint(1, b"s")
+    assert token[4] == (0x02 | (0x01 if encrypt else 0))
+    assert verify_token(ring, token).binding == whole
+    assert verify_token(ring, StreamSigner(ring, BINDING, None, encrypt=encrypt).mint(1, b"s")).binding == BINDING
+    flipped = bytearray(token)
+    flipped[4] ^= 0x02  # a client cannot switch slicing on or off: the flag is under the MAC
+    with pytest.raises(TokenError, match="signature"):
+        verify_token(ring, bytes(flipped))
 
 
 def test_ciphertext_cannot_be_moved_between_tokens() -> None:

@@ -308,6 +308,23 @@ def test_oversized_requests_are_refused(small_limit_client: flight.FlightClient)
     assert pa.ipc.open_stream(result.body).read_all().to_pydict() == {"result": ["small"]}
 
 
+def test_whole_batches_request_turns_slicing_off_for_the_stream_and_its_resumes(client: flight.FlightClient) -> None:
+    batch = pa.record_batch({"rows": pa.array([400_000]), "batches": pa.array([2])})
+    request = ipc(batch.replace_schema_metadata({"vgi.method": "big", "vgi.whole_batches": "1"}))
+    kinds, rows, tokens = [], [], []
+    for chunk in client.do_get(flight.Ticket(request)):
+        meta = json.loads(chunk.app_metadata.to_pybytes())
+        kinds.append(meta["kind"])
+        if meta["kind"] == "data":
+            rows.append(chunk.data.num_rows)
+            tokens.append(base64.b64decode(meta["token"]))
+    assert kinds == ["ready", "data", "data"]
+    assert rows == [400_000, 400_000]  # ~10 MiB messages: the pyarrow client's receive limit is lifted
+    # Resuming from the first data token: the token carries the choice, the next batch comes whole.
+    resumed = [json.loads(c.app_metadata.to_pybytes())["kind"] for c in client.do_get(flight.Ticket(tokens[0]))]
+    assert resumed == ["ready", "data"]
+
+
 def test_large_output_arrives_in_slices_under_4_mib(client: flight.FlightClient) -> None:
     ticket = flight.Ticket(call_request("big", {"rows": pa.array([400_000]), "batches": pa.array([1])}))
     kinds, sizes, rows = [], [], 0

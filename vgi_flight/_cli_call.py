@@ -811,7 +811,7 @@ def call(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
         raise RpcError(
             "NotFound", f"{service.name} has no method '{args.method}' (methods: {known})", code=ErrorCode.NOT_FOUND
         )
-    request = wire.encode_call(method.name, build_params(method, args.params, args.json_params))
+    request = wire.encode_call(method.name, build_params(method, args.params, args.json_params), whole_batches=True)
     client = conn.client()
     try:
         if method.kind is MethodKind.UNARY:

@@ -600,7 +600,8 @@ class _Proxy:
         def call(*args: Any, **kwargs: Any) -> StreamSession:
             if args:
                 raise TypeError(f"{desc.name}() takes keyword arguments only")
-            request = wire.encode_call(desc.name, encode_params(desc, kwargs))
+            # pyarrow clients lift gRPC's 4 MiB receive limit: large batches need no slicing and re-joining.
+            request = wire.encode_call(desc.name, encode_params(desc, kwargs), whole_batches=True)
             descriptor = flight.FlightDescriptor.for_command(request)
             with t.span("GetFlightInfo", desc.name) as trace_context:
                 try:

@@ -125,6 +125,11 @@ class _LiveStream:
     _empty: pa.RecordBatch | None = None
 
     @property
+    def whole_batches(self) -> bool:
+        """Whether data batches go out whole (the opening client asked for it), never sliced."""
+        return self.signer.binding.whole_batches
+
+    @property
     def empty_batch(self) -> pa.RecordBatch:
         """Zero-row batch of the output schema, used to carry metadata-only messages."""
         if self._empty is None:
@@ -317,7 +322,7 @@ class _Dispatcher:
         batch = data.batch
         record.batch_out(batch)
         # The buffer total is cheap and never below nbytes; only a large batch pays for the exact size.
-        if batch.get_total_buffer_size() <= self.max_message_bytes or batch.num_rows <= 1:
+        if live.whole_batches or batch.get_total_buffer_size() <= self.max_message_bytes or batch.num_rows <= 1:
             return [(batch, metadata)]
         if batch.nbytes <= self.max_message_bytes:
             return [(batch, metadata)]
@@ -520,7 +525,7 @@ class _Dispatcher:
 
     def open_stream(self, context: flight.ServerCallContext, auth: AuthContext, request: bytes) -> _LiveStream:
         """Run a stream method from a call request and hold its state."""
-        name, params = wire.decode_call(request)
+        name, params, whole_batches = wire.decode_request(request)
         bound = self.lookup(name, MethodKind.STREAM)
         self.authorize(auth, name)
         kwargs = self.decode_params(bound.description, params)
@@ -558,6 +563,7 @@ class _Dispatcher:
             state_class=cls_path,
             output_schema=wire.schema_bytes(stream.output_schema),
             input_schema=wire.schema_bytes(input_schema),
+            whole_batches=whole_batches,
         )
         return _LiveStream(
             state=state,

@@ -5,7 +5,8 @@ tickets, ``DoExchange`` descriptors and ``app_metadata``; any replica holding th
 and resume the stream. Layout (all integers big-endian)::
 
     magic      4  b"VGT1"
-    flags      1  bit 0: state is encrypted; other bits are reserved and must be 0
+    flags      1  bit 0: state is encrypted; bit 1: whole batches (the client that opened the
+                  stream reads data batches of any size as one message); other bits reserved, 0
     kid        1+n   key id
     stream_id  16
     method     2+n   UTF-8
@@ -51,9 +52,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 MAGIC = b"VGT1"
 MAC_SIZE = 32
 FLAG_ENCRYPTED = 0x01
+FLAG_WHOLE_BATCHES = 0x02
 NONCE_SIZE = 12
 GCM_TAG_SIZE = 16
-_KNOWN_FLAGS = FLAG_ENCRYPTED
+_KNOWN_FLAGS = FLAG_ENCRYPTED | FLAG_WHOLE_BATCHES
 _MAC_INFO = b"vgi-flight token mac v1"
 _ENC_INFO = b"vgi-flight token enc v1"
 _DERIVED_KEY_SIZE = 32
@@ -83,6 +85,8 @@ class StreamBinding:
         state_class: ``module:qualname`` of the state class.
         output_schema: IPC bytes of the output schema.
         input_schema: IPC bytes of the input schema.
+        whole_batches: Send data batches whole, never as ``data_part`` slices (the opening client
+            asked for it: its gRPC receive limit is lifted).
     """
 
     stream_id: bytes
@@ -91,6 +95,7 @@ class StreamBinding:
     state_class: str
     output_schema: bytes
     input_schema: bytes
+    whole_batches: bool = False
 
 
 @dataclass(frozen=True)
@@ -225,7 +230,7 @@ class StreamSigner:
         kid = ring.current.encode()
         keys = ring._derived_keys(ring.current)
         assert keys is not None
-        flags = FLAG_ENCRYPTED if encrypt else 0
+        flags = (FLAG_ENCRYPTED if encrypt else 0) | (FLAG_WHOLE_BATCHES if binding.whole_batches else 0)
         parts = [MAGIC, bytes([flags]), bytes([len(kid)]), kid, binding.stream_id]
         for text in (binding.method, binding.principal, binding.state_class):
             _put_str(parts, text.encode(), _U16)
@@ -342,7 +347,9 @@ def verify_token(
         raise TokenError("token has expired")
     if encrypted:
         state = _decrypt_state(keys.aead, state, body[:aad_end])
-    binding = StreamBinding(stream_id, method, principal, state_class, out_schema, in_schema)
+    binding = StreamBinding(
+        stream_id, method, principal, state_class, out_schema, in_schema, bool(flags & FLAG_WHOLE_BATCHES)
+    )
     return VerifiedToken(binding, issued_at, expires_at, seq, state, kid, encrypted)
 
 

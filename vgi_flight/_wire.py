@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -29,6 +29,7 @@ from vgi_flight._tokens import MAGIC as TOKEN_MAGIC
 PROTOCOL_VERSION = "1"
 METHOD_KEY = b"vgi.method"
 VERSION_KEY = b"vgi.version"
+WHOLE_BATCHES_KEY = b"vgi.whole_batches"
 DESCRIBE_ACTION = "__describe__"
 CANCEL_ACTION = "__cancel__"
 HEALTH_ACTION = "__health__"
@@ -180,10 +181,27 @@ def unb64(text: object, what: str) -> bytes:
 # --- Call requests ------------------------------------------------------------------------------
 
 
-def encode_call(method: str, params: pa.RecordBatch) -> bytes:
-    """Encode a call request (a stream command or single-call ticket)."""
+def encode_call(method: str, params: pa.RecordBatch, *, whole_batches: bool = False) -> bytes:
+    """Encode a call request (a stream command or single-call ticket).
+
+    Args:
+        method: The stream method.
+        params: Its one-row parameter batch.
+        whole_batches: Ask for every data batch in one message, however large (the client's gRPC
+            receive limit is lifted), instead of ``data_part`` slices.
+    """
     meta = {METHOD_KEY: method.encode(), VERSION_KEY: PROTOCOL_VERSION.encode()}
+    if whole_batches:
+        meta[WHOLE_BATCHES_KEY] = b"1"
     return ipc_bytes(params.replace_schema_metadata(meta))
+
+
+class CallRequest(NamedTuple):
+    """A decoded call request."""
+
+    method: str
+    params: pa.RecordBatch  # without schema metadata
+    whole_batches: bool  # the client reads data batches of any size as one message
 
 
 def is_token(data: bytes) -> bool:
@@ -197,6 +215,16 @@ def decode_call(data: bytes) -> tuple[str, pa.RecordBatch]:
     Raises:
         WireError: Malformed request or no method named.
     """
+    request = decode_request(data)
+    return request.method, request.params
+
+
+def decode_request(data: bytes) -> CallRequest:
+    """Decode a call request with its options.
+
+    Raises:
+        WireError: Malformed request or no method named.
+    """
     batch = read_single_batch(data, "call request")
     meta = batch.schema.metadata or {}
     method = meta.get(METHOD_KEY)
@@ -206,7 +234,7 @@ def decode_call(data: bytes) -> tuple[str, pa.RecordBatch]:
         name = method.decode()
     except UnicodeDecodeError:
         raise WireError("'vgi.method' is not UTF-8") from None
-    return name, batch.replace_schema_metadata(None)
+    return CallRequest(name, batch.replace_schema_metadata(None), meta.get(WHOLE_BATCHES_KEY) == b"1")
 
 
 # --- Messages and app_metadata ------------------------------------------------------------------
