@@ -839,7 +839,9 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
     ) -> Iterator[tuple[pa.RecordBatch, bytes]]:
         for metadata in prelude:
             yield empty, metadata
-        while not context.is_cancelled():
+        # No context.is_cancelled() per batch: it costs ~80 us inside a streaming call, and a client
+        # that goes away makes pyarrow close this generator (GeneratorExit) at the next yield anyway.
+        while True:
             self._d.check_not_ending()
             out = live.turn(_TICK, self._d.invoke)
             for msg in out.logs:

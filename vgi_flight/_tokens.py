@@ -263,12 +263,10 @@ class StreamSigner:
         if self._aead is not None:
             nonce = os.urandom(NONCE_SIZE)
             state = nonce + self._aead.encrypt(nonce, state, self._prefix + times)
-        length = _U32.pack(len(state))
-        mac = self._mac.copy()
-        mac.update(times)
-        mac.update(length)
-        mac.update(state)
-        return b"".join((self._prefix, times, length, state, mac.digest()))
+        tail = b"".join((times, _U32.pack(len(state)), state))
+        mac = self._mac.copy()  # the prefix is hashed once per stream; one update per token
+        mac.update(tail)
+        return b"".join((self._prefix, tail, mac.digest()))
 
 
 class _Reader:

@@ -289,7 +289,7 @@ def parse_metadata(raw: bytes | pa.Buffer | None) -> dict[str, Any]:
     data = raw.to_pybytes() if isinstance(raw, pa.Buffer) else raw
     if not data:
         return {}
-    if data.startswith(_DATA_PREFIX) and data.endswith(b'"}') and data.count(b'"') == 12:
+    if data.startswith(_DATA_PREFIX) and data.endswith(b'"}') and data.count(b'"') == 10:
         # The exact shape data_metadata writes (seq and token only): skip the JSON parser per batch.
         seq, sep, token = data[len(_DATA_PREFIX) : -2].partition(b',"token":"')
         if sep and seq.isdigit():
