@@ -68,11 +68,24 @@ def _is_broken(exc: BaseException) -> bool:
     return isinstance(exc, _BREAK_TYPES)
 
 
+# gRPC status texts of a call whose connection could not be made: the request never left the client.
+_NOT_CONNECTED = ("failed to connect", "connection refused", "dns resolution failed", "name resolution")
+
+
 def _refused_unprocessed(exc: BaseException) -> bool:
-    """Whether a unary call certainly did not run (safe to send to another replica)."""
-    if wire.ERROR_MARKER in str(exc):
-        return wire.rpc_error_from_flight(exc).code is ErrorCode.UNAVAILABLE
-    return isinstance(exc, flight.FlightUnavailableError)
+    """Whether a unary call certainly did not run (safe to send to another replica).
+
+    Only two failures say so: a draining server's refusal, and no connection at all. A connection
+    lost mid-call is UNAVAILABLE too, but the call may have run: it is not sent again.
+    """
+    text = str(exc)
+    if wire.ERROR_MARKER in text:
+        error = wire.rpc_error_from_flight(exc)
+        return error.code is ErrorCode.UNAVAILABLE and error.error_type == wire.DRAINING_ERROR
+    if isinstance(exc, flight.FlightUnavailableError):
+        lowered = text.lower()
+        return any(reason in lowered for reason in _NOT_CONNECTED)
+    return False
 
 
 class _BrokenError(Exception):

@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
 log = logging.getLogger("vgi_flight.server")
+DRAINING_MESSAGE = "server is draining: retry on another replica"
 T = TypeVar("T")
 
 _TICK = AnnotatedBatch(pa.RecordBatch.from_pydict({}))
@@ -342,7 +343,7 @@ class _Dispatcher:
                 body runs in pieces, possibly on other threads).
         """
         if self.draining:
-            raise RequestRejectedError(ErrorCode.UNAVAILABLE, "server is draining: retry on another replica")
+            raise RequestRejectedError(ErrorCode.UNAVAILABLE, DRAINING_MESSAGE, wire.DRAINING_ERROR)
         record = CallRecord(rpc)
         span = self.tracing.start(record, context) if self.tracing is not None else None
         failure: BaseException | None = None
@@ -809,7 +810,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.GeneratorStream:
         try:
             if self._d.draining:
-                raise RequestRejectedError(ErrorCode.UNAVAILABLE, "server is draining: retry on another replica")
+                raise RequestRejectedError(ErrorCode.UNAVAILABLE, DRAINING_MESSAGE, wire.DRAINING_ERROR)
             self._d.check_size(len(ticket.ticket), "ticket")
             auth = self._d.authenticate(context, "DoGet", ticket.ticket)
             live, prelude = self._d.stream_from(context, auth, ticket.ticket, exchange=False)

@@ -35,6 +35,8 @@ CANCEL_ACTION = "__cancel__"
 HEALTH_ACTION = "__health__"
 RESERVED_ACTIONS = (DESCRIBE_ACTION, CANCEL_ACTION, HEALTH_ACTION)
 ERROR_MARKER = '{"vgi_error"'
+# error_type of the UNAVAILABLE a draining server answers before running anything: safe to retry elsewhere.
+DRAINING_ERROR = "ServerDraining"
 
 KIND_READY = "ready"
 KIND_DATA = "data"
