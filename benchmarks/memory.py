@@ -1,0 +1,351 @@
+"""Memory under long and large streams: does RSS stay flat, and is a large batch ever held twice?
+
+    python -m benchmarks.memory [--gib 10] [--exchange-gib 2] [--big-mib 512] [--json out.json]
+
+The server runs in a child process on 127.0.0.1, the client here. Each side's resident set is read
+from ``/proc/<pid>/status``: ``VmRSS`` is sampled while a stream runs (growth = median of the last
+fifth of the samples minus the median of the first fifth), and
+``VmHWM`` (the peak, reset through ``/proc/<pid>/clear_refs``) gives the extra memory one large
+batch needs on each side, as a multiple of the batch's size: about 1x means it is held once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from vgi_flight import (
+    AnnotatedBatch,
+    CallContext,
+    ExchangeState,
+    OutputCollector,
+    ProducerState,
+    RpcServer,
+    Stream,
+    StreamState,
+    connect,
+)
+
+MIB = 2**20
+SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.float64())])
+ROWS_PER_MIB = MIB // 16
+
+
+def _one_mib() -> pa.RecordBatch:
+    return pa.record_batch(
+        [pa.array(range(ROWS_PER_MIB), pa.int64()), pa.array([0.5] * ROWS_PER_MIB, pa.float64())], schema=SCHEMA
+    )
+
+
+_ONE_MIB = _one_mib()
+
+
+def batch_of(mib: int) -> pa.RecordBatch:
+    """One contiguous batch of ``mib`` MiB (two 8-byte columns), allocated once."""
+    return pa.concat_batches([_ONE_MIB] * mib)
+
+
+@dataclass
+class FillState(ProducerState):
+    """Sends the same 1 MiB batch ``left`` more times (like a raw server streaming a buffer)."""
+
+    left: int
+
+    def produce(self, out: OutputCollector, ctx: CallContext) -> None:
+        if self.left <= 0:
+            out.finish()
+            return
+        self.left -= 1
+        out.emit(_ONE_MIB)
+
+
+@dataclass
+class OneState(ProducerState):
+    """Builds one batch of ``mib`` MiB, sends it, and finishes."""
+
+    mib: int
+    sent: bool = False
+
+    def produce(self, out: OutputCollector, ctx: CallContext) -> None:
+        if self.sent:
+            out.finish()
+            return
+        self.sent = True
+        out.emit(batch_of(self.mib))
+
+
+@dataclass
+class EchoState(ExchangeState):
+    """Answers every input batch with itself."""
+
+    turns: int = 0
+
+    def exchange(self, input: AnnotatedBatch, out: OutputCollector, ctx: CallContext) -> None:
+        self.turns += 1
+        out.emit(input.batch)
+
+
+class MemoryService(Protocol):
+    """Streams for memory measurements."""
+
+    def fill(self, batches: int) -> Stream[StreamState]:
+        """``batches`` batches of 1 MiB."""
+        ...
+
+    def one(self, mib: int) -> Stream[StreamState]:
+        """A single batch of ``mib`` MiB."""
+        ...
+
+    def echo(self) -> Stream[StreamState]:
+        """Exchange: every input batch comes back."""
+        ...
+
+
+class MemoryServiceImpl:
+    def fill(self, batches: int) -> Stream[StreamState]:
+        return Stream(output_schema=SCHEMA, state=FillState(batches))
+
+    def one(self, mib: int) -> Stream[StreamState]:
+        return Stream(output_schema=SCHEMA, state=OneState(mib))
+
+    def echo(self) -> Stream[StreamState]:
+        return Stream(output_schema=SCHEMA, state=EchoState(), input_schema=SCHEMA)
+
+
+# --- /proc ----------------------------------------------------------------------------------------
+
+
+def status_kib(pid: int | str, field: str) -> int:
+    """A ``kB`` field of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``)."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def reset_peak(pid: int | str) -> None:
+    """Reset ``VmHWM`` to the current RSS (Linux ``clear_refs`` value 5)."""
+    with open(f"/proc/{pid}/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+class RssSampler:
+    """Samples the RSS of some processes in a background thread."""
+
+    def __init__(self, pids: dict[str, int | str], every: float = 0.05) -> None:
+        self.pids = pids
+        self.every = every
+        self.samples: dict[str, list[int]] = {name: [] for name in pids}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            for name, pid in self.pids.items():
+                self.samples[name].append(status_kib(pid, "VmRSS"))
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        for name, pid in self.pids.items():
+            self.samples[name].append(status_kib(pid, "VmRSS"))
+
+
+@dataclass
+class Growth:
+    """RSS of one side over one stream, in MiB."""
+
+    workload: str
+    side: str
+    baseline_mib: float
+    max_mib: float
+    end_mib: float
+    growth_mib: float
+
+
+def growth_rows(workload: str, sampler: RssSampler) -> list[Growth]:
+    """Baseline and end are the medians of the first and last fifth of the samples.
+
+    Arrow's allocator (mimalloc) and gRPC keep freed memory for a while, so single samples swing
+    by tens of MiB; medians over a fifth of a long stream show a trend, which is what a leak makes.
+    """
+    rows = []
+    for side, samples in sampler.samples.items():
+        fifth = max(1, len(samples) // 5)
+        base, end = statistics.median(samples[:fifth]), statistics.median(samples[-fifth:])
+        rows.append(Growth(workload, side, base / 1024, max(samples) / 1024, end / 1024, (end - base) / 1024))
+    return rows
+
+
+@dataclass
+class Peak:
+    """Extra peak memory for one large batch, as a multiple of its size."""
+
+    workload: str
+    side: str
+    batch_mib: int
+    extra_peak_mib: float
+    times_batch: float
+
+
+# --- running ----------------------------------------------------------------------------------------
+
+
+class RawServer(flight.FlightServerBase):  # type: ignore[misc]
+    """The same large batch on raw pyarrow.flight: ``DoGet(b"<mib>")`` sends one batch of that size."""
+
+    def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.RecordBatchStream:
+        return flight.RecordBatchStream(pa.Table.from_batches([batch_of(int(ticket.ticket))]))
+
+
+@contextmanager
+def server_process() -> Iterator[tuple[str, str, int]]:
+    """``python -m benchmarks.memory serve`` in a child process: (vgi location, raw location, pid)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.memory", "serve"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout is not None
+    location, raw_location = proc.stdout.readline().split()
+    try:
+        yield location, raw_location, proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+def producer_growth(svc: MemoryService, server_pid: int, mib: int) -> list[Growth]:
+    """RSS of both sides while a producer streams ``mib`` MiB in 1 MiB batches."""
+    received = 0
+    with RssSampler({"client": "self", "server": server_pid}) as sampler:
+        for item in svc.fill(batches=mib):
+            received += item.batch.num_rows
+    if received != mib * ROWS_PER_MIB:
+        raise AssertionError(f"received {received} rows, expected {mib * ROWS_PER_MIB}")
+    return growth_rows(f"producer {mib / 1024:g} GiB in 1 MiB batches", sampler)
+
+
+def exchange_growth(svc: MemoryService, server_pid: int, mib: int) -> list[Growth]:
+    """RSS of both sides over an exchange of ``mib`` turns, each echoing a 1 MiB batch."""
+    with RssSampler({"client": "self", "server": server_pid}) as sampler, svc.echo() as session:
+        for _ in range(mib):
+            answer = session.exchange(AnnotatedBatch(_ONE_MIB))
+            if answer.batch.num_rows != _ONE_MIB.num_rows:
+                raise AssertionError("exchange answer lost rows")
+    return growth_rows(f"exchange {mib} turns of 1 MiB each way", sampler)
+
+
+def peak_of(read: Callable[[], int], server_pid: int, mib: int, workload: str) -> list[Peak]:
+    """Extra peak RSS on each side while ``read`` receives one ``mib`` MiB batch (returns its rows)."""
+    before = {"client": status_kib("self", "VmRSS"), "server": status_kib(server_pid, "VmRSS")}
+    reset_peak("self")
+    reset_peak(server_pid)
+    rows = read()
+    if rows != mib * ROWS_PER_MIB:
+        raise AssertionError(f"received {rows} rows, expected {mib * ROWS_PER_MIB}")
+    peaks = []
+    for side, pid in (("client", "self"), ("server", server_pid)):
+        extra = (status_kib(pid, "VmHWM") - before[side]) / 1024
+        peaks.append(Peak(workload, side, mib, extra, extra / mib))
+    return peaks
+
+
+def big_batch_peak(side: str, mib: int) -> list[Peak]:
+    """Extra peak RSS when one ``mib`` MiB batch is built, sent and read, with fresh client and server processes.
+
+    Arrow's allocator keeps freed memory for reuse, so a second measurement in the same processes
+    would see a lower peak: each one gets new processes.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.memory", "peak", side, str(mib)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    ).stdout
+    return [Peak(**row) for row in json.loads(out)]
+
+
+def _peak_here(side: str, mib: int) -> list[Peak]:
+    """The measurement of :func:`big_batch_peak`, in the fresh client process."""
+    with server_process() as (location, raw_location, pid):
+        if side == "vgi":
+            with connect(MemoryService, location) as svc:
+                return peak_of(
+                    lambda: sum(item.batch.num_rows for item in svc.one(mib=mib)), pid, mib, f"one batch of {mib} MiB"
+                )
+        raw = flight.connect(raw_location)
+        try:
+            return peak_of(
+                lambda: sum(chunk.data.num_rows for chunk in raw.do_get(flight.Ticket(str(mib).encode()))),
+                pid,
+                mib,
+                f"one batch of {mib} MiB, raw flight",
+            )
+        finally:
+            raw.close()
+
+
+def measure(gib: float, exchange_gib: float, big_mib: int) -> tuple[list[Growth], list[Peak]]:
+    """Run every measurement against a fresh server."""
+    with server_process() as (location, _raw, pid), connect(MemoryService, location) as svc:
+        sum(1 for _ in svc.fill(batches=64))  # warm up
+        growth = producer_growth(svc, pid, int(gib * 1024))
+        growth += exchange_growth(svc, pid, int(exchange_gib * 1024))
+    return growth, big_batch_peak("vgi", big_mib) + big_batch_peak("raw", big_mib)
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["peak"]:
+        print(json.dumps([asdict(p) for p in _peak_here(sys.argv[2], int(sys.argv[3]))]))
+        return
+    if sys.argv[1:] == ["serve"]:
+        server = RpcServer(MemoryService, MemoryServiceImpl(), "grpc://127.0.0.1:0", token_key=b"m" * 32)
+        raw = RawServer("grpc://127.0.0.1:0")
+        print(server.location, f"grpc://127.0.0.1:{raw.port}", flush=True)
+        server.serve()
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--gib", type=float, default=10.0, help="producer stream size (default 10 GiB)")
+    parser.add_argument("--exchange-gib", type=float, default=2.0, help="exchange volume each way (default 2 GiB)")
+    parser.add_argument("--big-mib", type=int, default=512, help="size of the single large batch (default 512 MiB)")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    growth, peaks = measure(args.gib, args.exchange_gib, args.big_mib)
+    print(f"{'workload':<42} {'side':<7} {'baseline':>9} {'max':>9} {'end':>9} {'growth':>8}  (MiB)")
+    for g in growth:
+        print(
+            f"{g.workload:<42} {g.side:<7} {g.baseline_mib:>9.1f} {g.max_mib:>9.1f} {g.end_mib:>9.1f} "
+            f"{g.growth_mib:>+8.1f}"
+        )
+    for p in peaks:
+        print(f"{p.workload:<42} {p.side:<7} extra peak {p.extra_peak_mib:.1f} MiB = {p.times_batch:.2f}x the batch")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"growth": [asdict(g) for g in growth], "peaks": [asdict(p) for p in peaks]}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
