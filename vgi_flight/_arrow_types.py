@@ -610,6 +610,11 @@ def _restore_type(array: pa.Array, target: pa.DataType) -> pa.Array:
     return array.cast(target)
 
 
+# Per target type: (the type pyarrow can build from Python objects, whether it holds dictionaries).
+# Keyed by the (hashable, immutable) DataType; services use a bounded set of types.
+_ARRAY_PLANS: dict[pa.DataType, tuple[pa.DataType, bool]] = {}
+
+
 def arrow_array(values: Sequence[object], arrow_type: pa.DataType) -> pa.Array:
     """Build an array of ``arrow_type`` from Arrow-ready Python values (e.g. from :meth:`FieldCodec.to_arrow`).
 
@@ -624,9 +629,15 @@ def arrow_array(values: Sequence[object], arrow_type: pa.DataType) -> pa.Array:
     Returns:
         The array.
     """
-    plain = _plain_type(arrow_type, decode_dictionaries=False)
+    plan = _ARRAY_PLANS.get(arrow_type)
+    if plan is None:
+        plan = _ARRAY_PLANS[arrow_type] = (
+            _plain_type(arrow_type, decode_dictionaries=False),
+            _contains_dictionary(arrow_type),
+        )
+    plain, has_dictionary = plan
     array = pa.array(values, type=plain)
-    if _contains_dictionary(arrow_type):
+    if has_dictionary:
         try:
             array.validate(full=True)
         except pa.ArrowInvalid:

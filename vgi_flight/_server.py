@@ -36,6 +36,7 @@ from vgi_flight._auth import (
 from vgi_flight._compact import state_from_bytes, state_to_bytes
 from vgi_flight._context import AuthContext, CallContext
 from vgi_flight._errors import ErrorCode, RpcError
+from vgi_flight._gil import pin_thread_state
 from vgi_flight._handlers import CallWatch, HandlerEndedError, HandlerPool
 from vgi_flight._log import Message
 from vgi_flight._observe import CallRecord, Metrics, ServerStats, StreamCounts, StreamOutcome, finish
@@ -727,6 +728,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
         return iter(())
 
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
+        pin_thread_state()
         try:
             self._d.authenticate(context, "ListActions", b"")
         except Exception as exc:
@@ -743,6 +745,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
         return actions
 
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
+        pin_thread_state()
         name = action.type
         try:
             with self._d.call("DoAction", context) as record:
@@ -767,6 +770,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
     def get_flight_info(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
+        pin_thread_state()
         try:
             with self._d.call("GetFlightInfo", context) as record:
                 record.kind = "stream-start"
@@ -793,6 +797,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
             raise self._d.to_flight_error(exc, "GetFlightInfo") from None
 
     def get_schema(self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor) -> flight.SchemaResult:
+        pin_thread_state()
         try:
             request = self._d.command_of(descriptor)
             auth = self._d.authenticate(context, "GetSchema", request)
@@ -808,6 +813,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
             raise self._d.to_flight_error(exc, "GetSchema") from None
 
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.GeneratorStream:
+        pin_thread_state()
         try:
             if self._d.draining:
                 raise RequestRejectedError(ErrorCode.UNAVAILABLE, DRAINING_MESSAGE, wire.DRAINING_ERROR)
@@ -821,6 +827,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
     def _produce(
         self, context: flight.ServerCallContext, live: _LiveStream, prelude: list[bytes]
     ) -> Iterator[tuple[pa.RecordBatch, bytes]]:
+        pin_thread_state()  # pyarrow may pull the batches on another gRPC thread than do_get ran on
         empty = live.empty_batch
         try:
             with self._d.call("DoGet", context, activate=False) as record, self._d.stream_call(context, live):
@@ -860,6 +867,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
         reader: flight.MetadataRecordBatchReader,
         writer: flight.MetadataRecordBatchWriter,
     ) -> None:
+        pin_thread_state()
         where = "DoExchange"
         try:
             with self._d.call("DoExchange", context) as record:
