@@ -1,37 +1,111 @@
-"""vgi-flight benchmark: every workload beside the same workload on raw pyarrow.flight, in one run.
+"""vgi-flight beside raw pyarrow.flight and vgi-rpc (pipe, subprocess, unix, HTTP): every workload, in one run.
 
-    python -m benchmarks.run [--quick] [--json results.json]
+    python -m benchmarks [--quick] [--json results.json] [--no-secure] [--no-peers] [--only add,bulk]
 
-Servers run in child processes on 127.0.0.1; the client runs here. Rounds of the two sides are
-interleaved so that machine noise hits both alike. Figures are medians over rounds (p99 for
-latency) and each vgi-flight figure is reported as a ratio to raw pyarrow.flight from this run.
+(``python -m benchmarks.run`` is the same command.) Every workload runs in two modes: plain, and
+with mTLS + HMAC (vgi-flight and raw Flight over mTLS, vgi-flight also requiring HMAC-signed
+requests; vgi-rpc's HTTP transport behind an nginx that terminates mTLS, with a bearer token; its
+other transports have no TLS, so "n/a").
+
+Servers run in child processes on 127.0.0.1; the vgi-flight and raw clients run in this process,
+each vgi-rpc transport's client in a worker process of the Python 3.13 venv (``benchmarks.vgirpc``).
+Every client connects once per mode. Each workload runs in rounds; a round runs every side once, one
+side at a time, in an order that rotates between rounds, so that machine noise hits all sides alike.
+Figures are medians of all samples of all rounds, with the spread (lowest and highest per-round
+median) and, for latency, p99; ratios are computed within the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any, Protocol
 
+import pyarrow as pa
 import pyarrow.flight as flight
 
-from benchmarks.services import SMALL_SCHEMA, BenchService, bulk_batch, ipc, read_one, small_batch
-from vgi_flight import AnnotatedBatch, connect
+from benchmarks.clients import raw_samplers, vgi_flight_samplers
+from benchmarks.common import BULK_ROWS, SMALL_SCHEMA, Sampler, Sizes, bulk_batch, latency_samples
+from benchmarks.services import HMAC_KEY_ID, HMAC_SECRET, BenchService
+from benchmarks.vgirpc import BEARER, NGINX, TRANSPORTS, VgiRpcSide, tls_front, vgirpc_python, vgirpc_server
+from vgi_flight import HmacAuth, connect
 
-BULK_ROUNDS = 9  # one sample per round: more rounds steady the median of the throughput rows
+__all__ = ["latency_samples", "main", "percentile", "server_process"]
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VGI, RAW = "vgi-flight", "raw flight"
+RPC = tuple(f"vgi-rpc {t}" for t in TRANSPORTS)
+SIDES = (VGI, RAW, *RPC)
+PLAIN, SECURE = "plain", "mTLS+HMAC"
 
 
-@contextmanager
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    title: str
+    kind: str  # "latency" (us per call, p50 + p99), "ms" (per call), "gbps" (bytes per transfer), "calls" (calls/s)
+    raw_target: tuple[str, float] | None = None  # ("<=" or ">=", ratio of vgi-flight to raw)
+    ahead_of_all_rpc: bool = False  # target: ahead of every vgi-rpc transport (always: ahead of vgi-rpc HTTP)
+
+
+WORKLOADS = (
+    Workload("noop", "unary noop", "latency", ("<=", 1.2)),
+    Workload("add", "unary add", "latency", ("<=", 1.2)),
+    Workload("rich", "unary rich dataclass round trip", "latency", ("<=", 1.2)),
+    Workload("small", "producer 50 small batches", "ms"),
+    Workload("exchange20", "exchange 20 rounds (open+close)", "ms"),
+    Workload("turn", "exchange round trip", "latency", ("<=", 1.3)),
+    Workload("bulk", "bulk producer", "gbps", (">=", 0.95), ahead_of_all_rpc=True),
+    Workload("bulk_exchange", "bulk exchange (echo)", "gbps", (">=", 0.9)),
+    Workload("threads", "unary add, 8 threads", "calls"),
+)
+UNITS = {"latency": "us", "ms": "ms", "gbps": "GB/s", "calls": "calls/s"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    rounds: int
+    latency_count: int  # calls per round and side of a latency workload
+    call_count: int  # calls per round and side of a "ms" workload
+    transfer_count: int  # transfers (bulk) or batches of threaded calls per round and side
+    sizes: Sizes
+
+    def count(self, w: Workload) -> int:
+        return {"latency": self.latency_count, "ms": self.call_count}.get(w.kind, self.transfer_count)
+
+    def warmup(self, w: Workload) -> int:
+        # bulk and threaded warm-ups are short transfers / a few calls per thread (see the samplers)
+        return {"latency": max(3, self.latency_count // 10), "ms": 2}.get(w.kind, 1)
+
+
+FULL = Plan(rounds=7, latency_count=200, call_count=20, transfer_count=1, sizes=Sizes())
+QUICK = Plan(
+    rounds=3,
+    latency_count=40,
+    call_count=5,
+    transfer_count=1,
+    sizes=Sizes(bulk_batches=102, bulk_exchange_turns=4, thread_calls=200),
+)
+
+
+# --- processes and sides -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
 def server_process(which: str, *options: str) -> Iterator[str]:
+    """``python -m benchmarks.services which options...`` in a child process; yields its location."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.services", which, *options],
@@ -43,10 +117,146 @@ def server_process(which: str, *options: str) -> Iterator[str]:
     assert proc.stdout is not None
     location = proc.stdout.readline().strip()
     try:
+        if not location:
+            raise RuntimeError(f"benchmarks.services {which} exited with {proc.wait()}")
         yield location
     finally:
         proc.kill()
         proc.wait()
+
+
+class Side(Protocol):
+    name: str
+
+    def sample(self, workload: str, count: int, warmup: int, sizes: dict[str, int]) -> list[float]: ...
+
+
+class LocalSide:
+    """vgi-flight or raw Flight: samplers run in this process."""
+
+    def __init__(self, name: str, samplers: dict[str, Sampler]) -> None:
+        self.name = name
+        self.samplers = samplers
+
+    def sample(self, workload: str, count: int, warmup: int, sizes: dict[str, int]) -> list[float]:
+        return self.samplers[workload](count, warmup)
+
+
+@dataclass
+class Cell:
+    """All samples of one side for one workload in one mode (seconds), by round; or why there are none."""
+
+    rounds: list[list[float]] = field(default_factory=list)
+    note: str | None = None
+
+
+def load_cert_generator() -> Any:
+    spec = importlib.util.spec_from_file_location("certs_generate", os.path.join(ROOT, "certs", "generate.py"))
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class Peers:
+    python: Path | None
+    skipped: str | None  # why vgi-rpc is not measured at all
+    http: bool
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def mode_sides(mode: str, peers: Peers, sizes: Sizes) -> Iterator[tuple[list[Side], dict[str, str]]]:
+    """Start the servers of one mode and connect every side; yields the sides and why others are missing."""
+    notes: dict[str, str] = {}
+    sides: list[Side] = []
+    with contextlib.ExitStack() as stack:
+        tls: dict[str, Any] = {}
+        vgi_options: tuple[str, ...] = ()
+        raw_options: tuple[str, ...] = ()
+        certs = ""
+        if mode == SECURE:
+            certs = stack.enter_context(tempfile.TemporaryDirectory(prefix="vgi-bench-certs-"))
+            load_cert_generator().generate(certs, principals=["bench"], force=True)
+            files = {n: Path(certs, n).read_bytes() for n in ("ca.pem", "client-bench.pem", "client-bench.key")}
+            tls = {
+                "tls_root_certs": files["ca.pem"],
+                "cert_chain": files["client-bench.pem"],
+                "private_key": files["client-bench.key"],
+            }
+            vgi_options, raw_options = ("--tls", certs, "--hmac"), ("--tls", certs)
+        vgi_loc = stack.enter_context(server_process("vgi", *vgi_options))
+        raw_loc = stack.enter_context(server_process("raw", *raw_options))
+        auth = HmacAuth(HMAC_KEY_ID, HMAC_SECRET) if mode == SECURE else None
+        svc = stack.enter_context(connect(BenchService, vgi_loc, auth=auth, **tls))
+        sides.append(LocalSide(VGI, vgi_flight_samplers(svc, sizes)))
+        raw = flight.FlightClient(raw_loc, **tls)
+        stack.callback(raw.close)
+        sides.append(LocalSide(RAW, raw_samplers(raw, sizes)))
+        for transport, name in zip(TRANSPORTS, RPC, strict=True):
+            if peers.skipped is not None or peers.python is None:
+                notes[name] = peers.skipped or "skipped"
+                continue
+            if mode == SECURE and transport != "http":
+                notes[name] = "n/a: no TLS on this transport"
+                continue
+            if transport == "http" and not peers.http:
+                notes[name] = "skipped: vgi-rpc[http] not installed"
+                continue
+            if transport == "http" and mode == SECURE and not os.path.exists(NGINX):
+                notes[name] = "skipped: no nginx to terminate TLS in front of vgi-rpc http"
+                continue
+            try:
+                address: str | None = None
+                bearer: str | None = None
+                if transport == "unix":
+                    sock_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="vgirpc-bench-"))
+                    address = stack.enter_context(vgirpc_server(peers.python, "unix", os.path.join(sock_dir, "s")))
+                elif transport == "http" and mode == PLAIN:
+                    address = stack.enter_context(vgirpc_server(peers.python, "http"))
+                elif transport == "http":
+                    bearer = BEARER
+                    upstream = stack.enter_context(vgirpc_server(peers.python, "http", bearer=bearer))
+                    address = stack.enter_context(tls_front(upstream, certs))
+                side = VgiRpcSide(peers.python, transport, address, tls=certs or None, bearer=bearer)
+                stack.callback(side.close)
+                peers.versions = side.versions
+                sides.append(side)
+            except (RuntimeError, OSError, ValueError) as exc:
+                notes[name] = f"error: {exc}"
+                print(f"{name} ({mode}): {notes[name]}", file=sys.stderr, flush=True)
+        yield sides, notes
+
+
+def run_mode(
+    mode: str, workloads: Sequence[Workload], plan: Plan, peers: Peers, started: float
+) -> dict[str, dict[str, Cell]]:
+    """Every workload of one mode, in rounds over all sides: {workload: {side: Cell}}."""
+    cells = {w.key: {name: Cell() for name in SIDES} for w in workloads}
+    sizes = plan.sizes.to_json()
+    with mode_sides(mode, peers, plan.sizes) as (sides, notes):
+        for w in workloads:
+            for name, note in notes.items():
+                cells[w.key][name].note = note
+            for r in range(plan.rounds):
+                shift = r % len(sides)
+                for side in sides[shift:] + sides[:shift]:
+                    cell = cells[w.key][side.name]
+                    if cell.note is not None:
+                        continue
+                    try:
+                        warmup = plan.warmup(w) if r == 0 else 0
+                        cell.rounds.append(side.sample(w.key, plan.count(w), warmup, sizes))
+                    except Exception as exc:
+                        cell.note = f"error: {type(exc).__name__}: {exc}"
+                        print(f"{side.name} {w.key} ({mode}): {cell.note}", file=sys.stderr, flush=True)
+            print(f"  {mode} {w.title}: done ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+    return cells
+
+
+# --- figures -------------------------------------------------------------------------------------
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -55,157 +265,137 @@ def percentile(values: list[float], q: float) -> float:
 
 
 @dataclass
+class Figure:
+    median: float
+    low: float  # lowest per-round median
+    high: float  # highest per-round median
+    p99: float | None
+    samples: int
+
+
+@dataclass
 class Row:
     workload: str
+    title: str
+    mode: str
     unit: str
-    vgi: float
-    raw: float
-    ratio: float
-    vgi_p99: float | None = None
-    raw_p99: float | None = None
+    figures: dict[str, Figure | None]
+    notes: dict[str, str]
+    ratio_raw: float | None  # vgi-flight / raw flight, in the row's unit
+    ratios_rpc: dict[str, float | None]  # transport -> vgi-flight / vgi-rpc over it, in the row's unit
+    higher_is_better: bool
     target: str = ""
+    met: bool | None = None  # every target of the row (raw and vgi-rpc) met; None: nothing to check
+    misses: list[str] = field(default_factory=list)
 
 
-def latency_samples(fn: Callable[[], object], count: int) -> list[float]:
-    samples = []
-    for _ in range(count):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return samples
+def converter(w: Workload, sizes: Sizes) -> Callable[[float], float]:
+    """Seconds per sample -> the row's unit."""
+    if w.kind == "latency":
+        return lambda s: s * 1e6
+    if w.kind == "ms":
+        return lambda s: s * 1e3
+    if w.kind == "calls":
+        return lambda s: sizes.thread_calls / s
+    nbytes = (
+        sizes.bulk_batches * bulk_batch(BULK_ROWS).nbytes
+        if w.key == "bulk"
+        else sizes.bulk_exchange_turns * bulk_batch(sizes.bulk_exchange_rows).nbytes
+    )
+    return lambda s: nbytes / s / 1e9
 
 
-def interleave(
-    vgi: Callable[[], object], raw: Callable[[], object], rounds: int, per_round: int
-) -> tuple[list[float], list[float]]:
-    """Alternate rounds of the two sides; return all samples of each."""
-    for fn in (vgi, raw):  # warm up
-        latency_samples(fn, max(3, per_round // 10))
-    vgi_samples: list[float] = []
-    raw_samples: list[float] = []
-    for _ in range(rounds):
-        vgi_samples += latency_samples(vgi, per_round)
-        raw_samples += latency_samples(raw, per_round)
-    return vgi_samples, raw_samples
+def figure(cell: Cell, convert: Callable[[float], float], latency: bool) -> Figure | None:
+    if cell.note is not None or not cell.rounds:
+        return None
+    values = [convert(s) for r in cell.rounds for s in r]
+    per_round = [statistics.median([convert(s) for s in r]) for r in cell.rounds if r]
+    p99 = percentile(values, 0.99) if latency else None
+    return Figure(statistics.median(values), min(per_round), max(per_round), p99, len(values))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run, noisy)")
-    parser.add_argument("--json", help="also write results to this file")
-    parser.add_argument("--no-secure", action="store_true", help="skip the mTLS + HMAC rows")
-    args = parser.parse_args()
-    scale = 0.1 if args.quick else 1.0
-    rounds = 5
+def title_of(w: Workload, sizes: Sizes) -> str:
+    if w.key == "bulk":
+        return f"{w.title} {sizes.bulk_batches * bulk_batch().nbytes / 2**30:.2f} GiB"
+    if w.key == "bulk_exchange":
+        mib = sizes.bulk_exchange_turns * bulk_batch(sizes.bulk_exchange_rows).nbytes / 2**20
+        return f"{w.title} {mib:.0f} MiB"
+    if w.key == "threads":
+        return f"unary add x{sizes.thread_calls:,}, {sizes.threads} threads"
+    return w.title
+
+
+def rows_of(results: dict[str, dict[str, dict[str, Cell]]], workloads: Sequence[Workload], sizes: Sizes) -> list[Row]:
     rows: list[Row] = []
+    for w in workloads:
+        for mode, cells_by_workload in results.items():
+            cells = cells_by_workload[w.key]
+            figs = {n: figure(cells[n], converter(w, sizes), w.kind == "latency") for n in SIDES}
+            notes = {n: c.note for n, c in cells.items() if c.note is not None}
+            higher = w.kind in ("gbps", "calls")
+            vgi = figs[VGI]
 
-    with server_process("vgi") as vgi_loc, server_process("raw") as raw_loc:
-        raw = flight.connect(raw_loc)
-        raw.wait_for_server(10) if hasattr(raw, "wait_for_server") else None
-        with connect(BenchService, vgi_loc) as svc:
-            n = max(20, int(400 * scale))
+            def ratio(other: Figure | None, vgi: Figure | None = vgi) -> float | None:
+                return vgi.median / other.median if vgi is not None and other is not None else None
 
-            # unary noop
-            v, r = interleave(lambda: svc.noop(), lambda: list(raw.do_action(flight.Action("noop", b""))), rounds, n)
-            rows.append(latency_row("unary noop", v, r, "p50 <= 1.3x"))
-
-            # unary add: both sides send a one-row IPC batch and read one back
-            def raw_add() -> int:
-                body = ipc(small_add_batch(2, 40))
-                result = list(raw.do_action(flight.Action("add", body)))[-1]
-                return int(read_one(result.body).column(0)[0].as_py())
-
-            v, r = interleave(lambda: svc.add(a=2, b=40), raw_add, rounds, n)
-            rows.append(latency_row("unary add", v, r, "p50 <= 1.3x"))
-
-            # producer of 50 one-row batches
-            def vgi_small() -> int:
-                return sum(1 for _ in svc.small_batches(count=50))
-
-            def raw_small() -> int:
-                return sum(1 for _ in raw.do_get(flight.Ticket(b"small:50")))
-
-            m = max(5, int(40 * scale))
-            v, r = interleave(vgi_small, raw_small, rounds, m)
-            rows.append(median_row("producer 50 small batches", v, r, "ms"))
-
-            # exchange of 20 rounds
-            batch = small_batch(1)
-
-            def vgi_exchange() -> None:
-                with svc.echo() as session:
-                    for _ in range(20):
-                        session.exchange(AnnotatedBatch(batch))
-
-            def raw_exchange() -> None:
-                writer, reader = raw.do_exchange(flight.FlightDescriptor.for_command(b"echo"))
-                writer.begin(SMALL_SCHEMA)
-                for _ in range(20):
-                    writer.write_batch(batch)
-                    reader.read_chunk()
-                writer.done_writing()
-                for _ in reader:
-                    pass
-                writer.close()
-
-            v, r = interleave(vgi_exchange, raw_exchange, rounds, m)
-            rows.append(median_row("exchange 20 rounds (open+close)", v, r, "ms"))
-
-            # one exchange round trip inside an open stream (the state token is minted every turn)
-            v, r = exchange_turns(svc, raw, rounds, n)
-            rows.append(latency_row("exchange round trip", v, r, "p50 <= 1.5x"))
-
-            # bulk producer: ~1 GiB (1024 x 1 MiB batches) in the full run
-            nbatches = max(64, int(1024 * scale))
-            nbytes = nbatches * bulk_batch().nbytes
-
-            def vgi_bulk() -> None:
-                for _ in svc.bulk(batches=nbatches):
-                    pass
-
-            def raw_bulk() -> None:
-                for _ in raw.do_get(flight.Ticket(f"bulk:{nbatches}".encode())):
-                    pass
-
-            v, r = interleave(vgi_bulk, raw_bulk, BULK_ROUNDS, 1)
-            vg, rg = [nbytes / s / 1e9 for s in v], [nbytes / s / 1e9 for s in r]
-            rows.append(
-                Row(
-                    f"bulk producer {nbytes / 2**30:.2f} GiB",
-                    "GB/s",
-                    statistics.median(vg),
-                    statistics.median(rg),
-                    statistics.median(vg) / statistics.median(rg),
-                    target=">= 0.9x",
-                )
+            unit = UNITS[w.kind] + (" p50" if w.kind == "latency" else "")
+            row = Row(
+                w.key,
+                title_of(w, sizes),
+                mode,
+                unit,
+                figs,
+                notes,
+                ratio(figs[RAW]),
+                {t: ratio(figs[n]) for t, n in zip(TRANSPORTS, RPC, strict=True)},
+                higher,
             )
-        raw.close()
-
-    if not args.no_secure:
-        rows += secure_rows(rounds, max(20, int(400 * scale)), max(64, int(1024 * scale)))
-    print_table(rows)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump([asdict(r) for r in rows], fh, indent=2)
+            check_targets(row, w)
+            rows.append(row)
+    return rows
 
 
-def exchange_turns(svc: BenchService, raw: flight.FlightClient, rounds: int, n: int) -> tuple[list[float], list[float]]:
-    """Latency of one exchange round trip inside an open stream, vgi-flight (token per turn) and raw."""
-    batch = small_batch(1)
-    with svc.echo() as session:
-        writer, reader = raw.do_exchange(flight.FlightDescriptor.for_command(b"echo"))
-        writer.begin(SMALL_SCHEMA)
+def ahead(ratio: float, higher_is_better: bool) -> bool:
+    return ratio > 1 if higher_is_better else ratio < 1
 
-        def raw_turn() -> None:
-            writer.write_batch(batch)
-            reader.read_chunk()
 
-        samples = interleave(lambda: session.exchange(AnnotatedBatch(batch)), raw_turn, rounds, n)
-        writer.done_writing()
-        for _ in reader:
-            pass
-        writer.close()
-    return samples
+def check_targets(row: Row, w: Workload) -> None:
+    """Fill in the row's target text and whether its targets were met in this run."""
+    checks: list[tuple[str, bool | None]] = []
+    if w.raw_target is not None:
+        op, bound = w.raw_target
+        ok = None if row.ratio_raw is None else (row.ratio_raw <= bound if op == "<=" else row.ratio_raw >= bound)
+        checks.append((f"{op}{bound}x raw", ok))
+    rivals = TRANSPORTS if w.ahead_of_all_rpc else ("http",)
+    measured = [t for t in rivals if row.ratios_rpc[t] is not None]
+    if measured:
+        behind = [t for t in measured if not ahead(row.ratios_rpc[t] or 0.0, row.higher_is_better)]
+        checks.append((">all vgi-rpc" if w.ahead_of_all_rpc else ">rpc http", not behind))
+        row.misses += [f"behind vgi-rpc {t}" for t in behind]
+    row.target = ", ".join(text for text, _ in checks)
+    known = [ok for _, ok in checks if ok is not None]
+    row.met = all(known) if known else None
+    if w.raw_target is not None and checks[0][1] is False:
+        row.misses.insert(0, "raw target")
+
+
+def token_rows(rows: list[Row]) -> list[Row]:
+    """In-process cost of minting and verifying one state token, beside a raw exchange round trip of this run."""
+    mint, verify = token_cost_us()
+    raw_turn = next((r.figures[RAW] for r in rows if r.workload == "turn" and r.mode == PLAIN), None)
+    out = []
+    for key, title, value in (("token_mint", "token mint, per turn", mint), ("token_verify", "token verify", verify)):
+        figs: dict[str, Figure | None] = {n: None for n in SIDES}
+        figs[VGI] = Figure(value, value, value, None, 20_000)
+        figs[RAW] = raw_turn
+        ratio = value / raw_turn.median if raw_turn is not None else None
+        out.append(
+            Row(
+                key, f"{title} (small state)", "in-process", "us", figs, {}, ratio, {t: None for t in TRANSPORTS}, False
+            )
+        )
+        out[-1].target = "share of a raw round trip"
+    return out
 
 
 def token_cost_us(samples: int = 20_000) -> tuple[float, float]:
@@ -231,102 +421,201 @@ def token_cost_us(samples: int = 20_000) -> tuple[float, float]:
     return statistics.median(mint) * 1e6, statistics.median(verify) * 1e6
 
 
-def secure_rows(rounds: int, n: int, nbatches: int) -> list[Row]:
-    """The same workloads over mTLS, vgi-flight also requiring HMAC-signed requests."""
-    import importlib.util
-    import tempfile
-
-    from benchmarks.services import HMAC_KEY_ID, HMAC_SECRET
-    from vgi_flight import HmacAuth
-
-    spec = importlib.util.spec_from_file_location("certs_generate", os.path.join(ROOT, "certs", "generate.py"))
-    assert spec is not None
-    assert spec.loader is not None
-    generate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generate)
-    rows: list[Row] = []
-    with tempfile.TemporaryDirectory() as directory:
-        generate.generate(directory, principals=["bench"], force=True)
-        files = {n: Path(directory, n).read_bytes() for n in ("ca.pem", "client-bench.pem", "client-bench.key")}
-        tls = {
-            "tls_root_certs": files["ca.pem"],
-            "cert_chain": files["client-bench.pem"],
-            "private_key": files["client-bench.key"],
-        }
-        with (
-            server_process("vgi", "--tls", directory, "--hmac") as vgi_loc,
-            server_process("raw", "--tls", directory) as raw_loc,
-        ):
-            raw = flight.FlightClient(raw_loc, **tls)
-            with connect(BenchService, vgi_loc, auth=HmacAuth(HMAC_KEY_ID, HMAC_SECRET), **tls) as svc:
-
-                def raw_add() -> int:
-                    result = list(raw.do_action(flight.Action("add", ipc(small_add_batch(2, 40)))))[-1]
-                    return int(read_one(result.body).column(0)[0].as_py())
-
-                v, r = interleave(lambda: svc.add(a=2, b=40), raw_add, rounds, n)
-                rows.append(latency_row("mTLS+HMAC unary add", v, r, ""))
-
-                v, r = exchange_turns(svc, raw, rounds, n)
-                rows.append(latency_row("mTLS+HMAC exchange round trip", v, r, "p50 <= 1.6x"))
-
-                nbytes = nbatches * bulk_batch().nbytes
-                v, r = interleave(
-                    lambda: sum(1 for _ in svc.bulk(batches=nbatches)),
-                    lambda: sum(1 for _ in raw.do_get(flight.Ticket(f"bulk:{nbatches}".encode()))),
-                    BULK_ROUNDS,
-                    1,
-                )
-                vg, rg = [nbytes / s / 1e9 for s in v], [nbytes / s / 1e9 for s in r]
-                rows.append(
-                    Row(
-                        f"mTLS bulk producer {nbytes / 2**30:.2f} GiB",
-                        "GB/s",
-                        statistics.median(vg),
-                        statistics.median(rg),
-                        statistics.median(vg) / statistics.median(rg),
-                        target=">= 0.9x",
-                    )
-                )
-            raw.close()
-    # Tokens have no raw counterpart: report their cost beside a raw exchange round trip of this run.
-    raw_turn_us = next(row.raw for row in rows if row.workload == "mTLS+HMAC exchange round trip")
-    mint, verify = token_cost_us()
-    share = "share of a raw round trip"
-    rows.append(Row("token mint, per turn (small state)", "us", mint, raw_turn_us, mint / raw_turn_us, target=share))
-    rows.append(Row("token verify, per resume", "us", verify, raw_turn_us, verify / raw_turn_us, target=share))
-    return rows
+# --- output --------------------------------------------------------------------------------------
 
 
-def small_add_batch(a: int, b: int):  # type: ignore[no-untyped-def]
-    import pyarrow as pa
-
-    from benchmarks.services import ADD_PARAMS
-
-    return pa.record_batch([pa.array([a], pa.int64()), pa.array([b], pa.int64())], schema=ADD_PARAMS)
+def number(value: float) -> str:
+    return f"{value:.0f}" if value >= 1000 else f"{value:.3g}" if value < 10 else f"{value:.1f}"
 
 
-def latency_row(name: str, v: list[float], r: list[float], target: str) -> Row:
-    vm, rm = statistics.median(v) * 1e6, statistics.median(r) * 1e6
-    return Row(name, "us p50", vm, rm, vm / rm, percentile(v, 0.99) * 1e6, percentile(r, 0.99) * 1e6, target)
+def with_spread(fig: Figure | None, note: str | None) -> str:
+    if fig is None:
+        return short_note(note)
+    if fig.low == fig.high:
+        return number(fig.median)
+    return f"{number(fig.median)} ({number(fig.low)}\u2013{number(fig.high)})"
 
 
-def median_row(name: str, v: list[float], r: list[float], unit: str, target: str = "") -> Row:
-    vm, rm = statistics.median(v) * 1e3, statistics.median(r) * 1e3
-    return Row(name, unit, vm, rm, vm / rm, target=target)
+def short_note(note: str | None) -> str:
+    if note is None:
+        return "-"
+    return "n/a" if note.startswith("n/a") else "skipped" if note.startswith("skipped") else "error"
 
 
-def print_table(rows: list[Row]) -> None:
-    print(
-        f"{'workload':<34} {'unit':<7} {'vgi-flight':>11} {'raw flight':>11} {'ratio':>7} {'vgi p99':>9} "
-        f"{'raw p99':>9}  target"
-    )
+def times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def rpc_ratio(row: Row, transport: str) -> str:
+    ratio = row.ratios_rpc[transport]
+    if ratio is None:
+        return short_note(row.notes.get(f"vgi-rpc {transport}")) if row.mode != "in-process" else ""
+    return times(ratio) + ("!" if not ahead(ratio, row.higher_is_better) else "")
+
+
+def table_lines(rows: list[Row], markdown: bool = False) -> list[str]:
+    """The main table: vgi-flight and raw Flight (median, spread), ratio, target; vgi-flight / vgi-rpc ratios."""
+    head = ["workload", "mode", "unit", "vgi-flight", "raw flight", "vgi/raw", "target", "met"]
+    head += [f"/{t}" for t in TRANSPORTS]
+    body: list[list[str]] = []
     for row in rows:
-        p99 = f"{row.vgi_p99:>9.1f} {row.raw_p99:>9.1f}" if row.vgi_p99 is not None else f"{'':>9} {'':>9}"
-        print(
-            f"{row.workload:<34} {row.unit:<7} {row.vgi:>11.2f} {row.raw:>11.2f} {row.ratio:>6.2f}x {p99}  {row.target}"
+        met = "" if row.met is None else "yes" if row.met else "NO"
+        body.append(
+            [
+                row.title,
+                row.mode,
+                row.unit,
+                with_spread(row.figures[VGI], row.notes.get(VGI)),
+                with_spread(row.figures[RAW], row.notes.get(RAW)),
+                times(row.ratio_raw),
+                row.target,
+                met,
+                *(rpc_ratio(row, t) for t in TRANSPORTS),
+            ]
         )
-    print("ratio = vgi-flight / raw pyarrow.flight (for GB/s, higher is better; for times, lower is better)")
+        vgi, raw = row.figures[VGI], row.figures[RAW]
+        if vgi is not None and vgi.p99 is not None:
+            raw_p99 = raw.p99 if raw is not None else None
+            ratio = vgi.p99 / raw_p99 if raw_p99 else None
+            p99 = [number(raw_p99) if raw_p99 else "-", times(ratio)]
+            body.append(["  p99", row.mode, "us p99", number(vgi.p99), *p99, "", "", *[""] * len(TRANSPORTS)])
+    return render(head, body, markdown, right_from=3)
+
+
+def rpc_table_lines(rows: list[Row], markdown: bool = False) -> list[str]:
+    """vgi-rpc's own figures (median, spread) beside vgi-flight's."""
+    head = ["workload", "mode", "unit", "vgi-flight", *RPC]
+    body = [
+        [
+            row.title,
+            row.mode,
+            row.unit,
+            with_spread(row.figures[VGI], row.notes.get(VGI)),
+            *(with_spread(row.figures[n], row.notes.get(n)) for n in RPC),
+        ]
+        for row in rows
+        if row.mode != "in-process"
+    ]
+    return render(head, body, markdown, right_from=3)
+
+
+def render(head: list[str], body: list[list[str]], markdown: bool, right_from: int) -> list[str]:
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |"]
+        lines.append(
+            "|"
+            + "|".join("---" if i < right_from or h in ("target", "met") else "---:" for i, h in enumerate(head))
+            + "|"
+        )
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        return lines
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+
+    def fmt(cells: list[str]) -> str:
+        out = []
+        for i, (cell, width) in enumerate(zip(cells, widths, strict=True)):
+            right = i >= right_from and head[i] not in ("target", "met")
+            out.append(cell.rjust(width) if right else cell.ljust(width))
+        return "  ".join(out).rstrip()
+
+    return [fmt(head), *(fmt(r) for r in body)]
+
+
+LEGEND = (
+    "Figures: median of all samples (lowest\u2013highest per-round median); p99 of all calls on latency rows.\n"
+    "vgi/raw and /<transport> = vgi-flight / the other side, in the row's unit: for us and ms lower is better\n"
+    "(< 1x: vgi-flight is faster), for GB/s and calls/s higher is better (> 1x: vgi-flight is faster).\n"
+    "'!' marks a vgi-rpc transport ahead of vgi-flight. target: vgi/raw bound (p50 on latency rows); '>rpc http':\n"
+    "ahead of vgi-rpc HTTP; '>all vgi-rpc': ahead of every vgi-rpc transport. met: all held in this run."
+)
+
+
+def notes_lines(rows: list[Row]) -> list[str]:
+    seen: dict[str, set[str]] = {}
+    for row in rows:
+        for side, note in row.notes.items():
+            seen.setdefault(note, set()).add(side)
+    return [f"{', '.join(sorted(sides))}: {note}" for note, sides in sorted(seen.items())]
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+
+
+def environment(peers: Peers, plan: Plan, seconds: float, load_before: str) -> dict[str, Any]:
+    return {
+        "python": sys.version.split()[0],
+        "pyarrow": pa.__version__,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "load_average": {"before": load_before, "after": load_average()},
+        "vgirpc": peers.versions,
+        "plan": {**asdict(replace(plan, sizes=Sizes())), "sizes": plan.sizes.to_json()},
+        "seconds": round(seconds, 1),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: fewer rounds and calls, small bulk")
+    parser.add_argument("--json", help="also write the figures and every sample to this file")
+    parser.add_argument("--no-secure", action="store_true", help="skip the mTLS + HMAC mode")
+    parser.add_argument("--no-peers", action="store_true", help="skip vgi-rpc")
+    parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
+    keys = [w.key for w in WORKLOADS]
+    parser.add_argument("--only", help=f"comma-separated workloads, of: {', '.join(keys)}")
+    parser.add_argument("--rounds", type=int, help="rounds per workload (default: 7, quick: 3)")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.rounds:
+        plan = replace(plan, rounds=args.rounds)
+    workloads = list(WORKLOADS)
+    if args.only:
+        wanted = [k.strip() for k in args.only.split(",") if k.strip()]
+        unknown = sorted(set(wanted) - set(keys))
+        if unknown:
+            parser.error(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(keys)}")
+        workloads = [w for w in WORKLOADS if w.key in wanted]
+
+    started = time.perf_counter()
+    load_before = load_average()
+    if args.no_peers:
+        peers = Peers(None, "skipped: --no-peers", False)
+    else:
+        python, skipped, http = vgirpc_python()
+        peers = Peers(python, skipped, http)
+        if skipped:
+            print(f"vgi-rpc: {skipped}", file=sys.stderr)
+    modes = [PLAIN] if args.no_secure else [PLAIN, SECURE]
+    results = {mode: run_mode(mode, workloads, plan, peers, started) for mode in modes}
+    rows = rows_of(results, workloads, plan.sizes)
+    rows += token_rows(rows)
+    seconds = time.perf_counter() - started
+    env = environment(peers, plan, seconds, load_before)
+
+    print()
+    for line in table_lines(rows, args.markdown):
+        print(line)
+    print()
+    for line in rpc_table_lines(rows, args.markdown):
+        print(line)
+    print()
+    print(LEGEND)
+    for line in notes_lines(rows):
+        print(line)
+    rpc = env["vgirpc"]
+    rpc_text = f"; vgi-rpc {rpc['vgi_rpc']} on Python {rpc['python']}" if rpc else ""
+    load = env["load_average"]
+    print(
+        f"vgi-flight on Python {env['python']}, pyarrow {env['pyarrow']}{rpc_text}; {env['machine']}, load average "
+        f"{load['before']} before, {load['after']} after; {seconds:.0f} s"
+    )
+    if args.json:
+        samples = {
+            mode: {w: {n: asdict(c) for n, c in cells.items()} for w, cells in by_workload.items()}
+            for mode, by_workload in results.items()
+        }
+        with open(args.json, "w") as fh:
+            json.dump({"environment": env, "rows": [asdict(r) for r in rows], "samples": samples}, fh, indent=1)
 
 
 if __name__ == "__main__":

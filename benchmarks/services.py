@@ -1,19 +1,27 @@
-"""The benchmark workloads, written twice: as a vgi-flight service and directly on pyarrow.flight."""
+"""The benchmark workloads as servers: a vgi-flight service and the same written directly on pyarrow.flight.
+
+``python -m benchmarks.services vgi|raw [--tls DIR] [--hmac]`` serves one of them on loopback and
+prints its location. The vgi-rpc version of the service is ``benchmarks.vgirpc_workloads``.
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.flight as flight
 
+from benchmarks.common import BULK_ROWS, BULK_SCHEMA, SMALL_SCHEMA, bulk_batch, small_batch
 from vgi_flight import (
     AnnotatedBatch,
+    ArrowSerializableDataclass,
+    ArrowType,
     CallContext,
     ExchangeState,
     HmacKey,
@@ -25,37 +33,62 @@ from vgi_flight import (
     StreamState,
 )
 
-BULK_ROWS = 65_536
-SMALL_SCHEMA = pa.schema([("i", pa.int64())])
-BULK_SCHEMA = pa.schema([("id", pa.int64()), ("value", pa.float64())])
+__all__ = [
+    "BULK_ROWS",
+    "BULK_SCHEMA",
+    "SMALL_SCHEMA",
+    "BenchService",
+    "bulk_batch",
+    "small_batch",
+]
+
 ADD_PARAMS = pa.schema([("a", pa.int64()), ("b", pa.int64())])
 ADD_RESULT = pa.schema([("result", pa.int64())])
-
-_bulk_batch: pa.RecordBatch | None = None
-
-
-def bulk_batch() -> pa.RecordBatch:
-    """The 65,536-row int64+float64 batch (1 MiB) every bulk workload sends."""
-    global _bulk_batch
-    if _bulk_batch is None:
-        ids = pa.array(range(BULK_ROWS), pa.int64())
-        _bulk_batch = pa.record_batch([ids, pc.multiply(ids, 0.5)], schema=BULK_SCHEMA)
-    return _bulk_batch
+HMAC_KEY_ID = "bench"
+HMAC_SECRET = b"h" * 32
 
 
-def small_batch(i: int) -> pa.RecordBatch:
-    return pa.record_batch([pa.array([i], pa.int64())], schema=SMALL_SCHEMA)
+# --- the rich dataclass --------------------------------------------------------------------------
 
 
-# --- vgi-flight --------------------------------------------------------------------------------
+class Priority(Enum):
+    LOW = "low"
+    HIGH = "high"
+
+
+@dataclass(frozen=True)
+class Point(ArrowSerializableDataclass):
+    x: float
+    y: float
+
+
+@dataclass(frozen=True)
+class Order(ArrowSerializableDataclass):
+    """Nested dataclass, lists, a map, an enum, a timestamp, an Optional: 10 fields, ~2.4 KB as IPC."""
+
+    order_id: int
+    customer: str
+    priority: Priority
+    placed: Annotated[datetime, ArrowType(pa.timestamp("us", tz="UTC"))]
+    total: float
+    location: Point
+    items: list[str]
+    quantities: dict[str, int]
+    path: list[Point]
+    note: str | None = None
+
+
+# --- vgi-flight ----------------------------------------------------------------------------------
 
 
 class BenchService(Protocol):
     def noop(self) -> None: ...
     def add(self, a: int, b: int) -> int: ...
+    def rich(self, order: Order) -> Order: ...
     def small_batches(self, count: int) -> Stream[StreamState]: ...
     def bulk(self, batches: int) -> Stream[StreamState]: ...
     def echo(self) -> Stream[StreamState]: ...
+    def bulk_echo(self) -> Stream[StreamState]: ...
 
 
 @dataclass
@@ -100,6 +133,9 @@ class BenchServiceImpl:
     def add(self, a: int, b: int) -> int:
         return a + b
 
+    def rich(self, order: Order) -> Order:
+        return order
+
     def small_batches(self, count: int) -> Stream[SmallState]:
         return Stream(output_schema=SMALL_SCHEMA, state=SmallState(count))
 
@@ -109,19 +145,83 @@ class BenchServiceImpl:
     def echo(self) -> Stream[EchoState]:
         return Stream(output_schema=SMALL_SCHEMA, state=EchoState(), input_schema=SMALL_SCHEMA)
 
+    def bulk_echo(self) -> Stream[EchoState]:
+        return Stream(output_schema=BULK_SCHEMA, state=EchoState(), input_schema=BULK_SCHEMA)
 
-# --- raw pyarrow.flight ------------------------------------------------------------------------
+
+# --- raw pyarrow.flight --------------------------------------------------------------------------
+
+_POINT = pa.struct([pa.field("x", pa.float64(), nullable=False), pa.field("y", pa.float64(), nullable=False)])
+ORDER_SCHEMA = pa.schema(
+    [
+        pa.field("order_id", pa.int64(), nullable=False),
+        pa.field("customer", pa.string(), nullable=False),
+        pa.field("priority", pa.dictionary(pa.int16(), pa.string()), nullable=False),
+        pa.field("placed", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("total", pa.float64(), nullable=False),
+        pa.field("location", _POINT, nullable=False),
+        pa.field("items", pa.list_(pa.string()), nullable=False),
+        pa.field("quantities", pa.map_(pa.string(), pa.int64()), nullable=False),
+        pa.field("path", pa.list_(_POINT), nullable=False),
+        pa.field("note", pa.string()),
+    ]
+)
+
+
+def order_to_row(order: Order) -> dict[str, Any]:
+    """What a hand-written client does to send an ``Order`` as a row of ``ORDER_SCHEMA``."""
+    return {
+        "order_id": order.order_id,
+        "customer": order.customer,
+        "priority": order.priority.value,
+        "placed": order.placed,
+        "total": order.total,
+        "location": {"x": order.location.x, "y": order.location.y},
+        "items": order.items,
+        "quantities": order.quantities,
+        "path": [{"x": p.x, "y": p.y} for p in order.path],
+        "note": order.note,
+    }
+
+
+def order_from_row(row: dict[str, Any]) -> Order:
+    """The inverse of :func:`order_to_row`, from ``to_pylist(maps_as_pydicts="strict")``."""
+    return Order(
+        order_id=row["order_id"],
+        customer=row["customer"],
+        priority=Priority(row["priority"]),
+        placed=row["placed"],
+        total=row["total"],
+        location=Point(**row["location"]),
+        items=row["items"],
+        quantities=row["quantities"],
+        path=[Point(**p) for p in row["path"]],
+        note=row["note"],
+    )
+
+
+def order_ipc(order: Order) -> bytes:
+    return ipc(pa.RecordBatch.from_pylist([order_to_row(order)], schema=ORDER_SCHEMA))
+
+
+def order_from_ipc(data: Any) -> Order:
+    return order_from_row(read_one(data).to_pylist(maps_as_pydicts="strict")[0])
 
 
 def ipc(batch: pa.RecordBatch) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, batch.schema) as writer:
         writer.write_batch(batch)
-    return sink.getvalue().to_pybytes()
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
 
 
 def read_one(data: Any) -> pa.RecordBatch:
     return pa.ipc.open_stream(data).read_next_batch()
+
+
+def add_ipc(a: int, b: int) -> bytes:
+    return ipc(pa.record_batch([pa.array([a], pa.int64()), pa.array([b], pa.int64())], schema=ADD_PARAMS))
 
 
 class RawServer(flight.FlightServerBase):  # type: ignore[misc]
@@ -134,6 +234,8 @@ class RawServer(flight.FlightServerBase):  # type: ignore[misc]
             batch = read_one(action.body)
             total = batch.column(0)[0].as_py() + batch.column(1)[0].as_py()
             return iter([ipc(pa.record_batch([pa.array([total], pa.int64())], schema=ADD_RESULT))])
+        if action.type == "rich":  # decode to the dataclass and encode it again, as the vgi-flight handler does
+            return iter([order_ipc(order_from_ipc(action.body))])
         raise flight.FlightServerError("unknown action")
 
     def do_get(self, context: Any, ticket: flight.Ticket) -> flight.FlightDataStream:
@@ -145,13 +247,9 @@ class RawServer(flight.FlightServerBase):  # type: ignore[misc]
         return flight.GeneratorStream(BULK_SCHEMA, (batch for _ in range(n)))
 
     def do_exchange(self, context: Any, descriptor: Any, reader: Any, writer: Any) -> None:
-        writer.begin(SMALL_SCHEMA)
+        writer.begin(BULK_SCHEMA if descriptor.command == b"bulk_echo" else SMALL_SCHEMA)
         for chunk in reader:
             writer.write_batch(chunk.data)
-
-
-HMAC_KEY_ID = "bench"
-HMAC_SECRET = b"h" * 32
 
 
 def main() -> None:

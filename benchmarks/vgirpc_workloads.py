@@ -1,17 +1,18 @@
-"""vgi-flight's benchmark workloads written with vgi-rpc; runs INSIDE the Python 3.13 venv that has vgi-rpc.
+"""The benchmark service written with vgi-rpc, and its client worker; runs INSIDE the Python 3.13 venv with vgi-rpc.
 
-    python vgirpc_workloads.py serve stdio|unix PATH|http
-    python vgirpc_workloads.py measure --transport pipe|subprocess|unix|http --workload NAME
-        [--count N] [--warmup N] [--batches N] [--address PATH_OR_URL]
+    python -m benchmarks.vgirpc_workloads serve stdio|unix PATH|http [--bearer TOKEN]
+    python -m benchmarks.vgirpc_workloads client --transport pipe|subprocess|unix|http [--address A]
+        [--tls DIR --bearer TOKEN]
 
-``serve`` runs a server (stdio: the worker that ``connect()`` spawns; unix: prints the socket path
-once bound; http: vgi-rpc's ``serve_http`` prints ``PORT:<n>``). ``measure`` runs ONE round of ONE
-workload over one transport: it connects, warms up, takes ``--count`` samples (seconds per call, as
-``benchmarks.run.latency_samples`` does) and prints one JSON object. ``benchmarks.peers`` runs it
-once per round and workload so that vgi-flight, raw pyarrow.flight and vgi-rpc rounds alternate.
+``serve`` runs a server (stdio: the worker ``connect()`` spawns; unix: prints the socket path once
+bound; http: vgi-rpc's ``serve_http`` prints ``PORT:<n>``; with ``--bearer`` every request must carry
+that bearer token). ``client`` connects once, prints one JSON line (versions), then answers
+commands, one JSON line each, on stdin: ``{"workload": ..., "count": n, "warmup": n, "sizes": {...}}``
+-> ``{"samples": [...]}`` (or ``{"error": ...}``), until stdin closes. ``benchmarks.vgirpc`` drives
+it so that vgi-flight, raw pyarrow.flight and vgi-rpc rounds alternate.
 
-This file must not import vgi_flight or benchmarks.services (they live in the other venv): the
-batches below are the same as those of ``benchmarks/services.py``.
+The client loops are ``benchmarks.common.rpc_samplers``, the same code that measures vgi-flight.
+This module must not import vgi_flight or ``benchmarks.services`` (they live in the other venv).
 """
 
 from __future__ import annotations
@@ -20,47 +21,77 @@ import argparse
 import contextlib
 import json
 import os
+import ssl
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from datetime import datetime
+from enum import Enum
+from typing import Annotated, Any, Protocol
 
 import pyarrow as pa
-import pyarrow.compute as pc
-from vgi_rpc import AnnotatedBatch, CallContext, ExchangeState, OutputCollector, ProducerState, Stream, StreamState
+from vgi_rpc import (
+    AnnotatedBatch,
+    ArrowSerializableDataclass,
+    ArrowType,
+    CallContext,
+    ExchangeState,
+    OutputCollector,
+    ProducerState,
+    Stream,
+    StreamState,
+)
 
-BULK_ROWS = 65_536
-SMALL_SCHEMA = pa.schema([("i", pa.int64())])
-BULK_SCHEMA = pa.schema([("id", pa.int64()), ("value", pa.float64())])
-WORKLOADS = ("noop", "add", "small", "exchange20", "turn", "bulk")
+from benchmarks.common import (
+    BULK_SCHEMA,
+    SMALL_SCHEMA,
+    Sampler,
+    Sizes,
+    bulk_batch,
+    rpc_samplers,
+    sample_order,
+    small_batch,
+)
+
 TRANSPORTS = ("pipe", "subprocess", "unix", "http")
+TOKEN_KEY = b"b" * 32
 
-_bulk_batch: pa.RecordBatch | None = None
-
-
-def bulk_batch() -> pa.RecordBatch:
-    """The 65,536-row int64+float64 batch (1 MiB), built once per process."""
-    global _bulk_batch
-    if _bulk_batch is None:
-        ids = pa.array(range(BULK_ROWS), pa.int64())
-        _bulk_batch = pa.record_batch([ids, pc.multiply(ids, 0.5)], schema=BULK_SCHEMA)
-    return _bulk_batch
+# --- the service (the twin of benchmarks.services) -----------------------------------------------
 
 
-def small_batch(i: int) -> pa.RecordBatch:
-    return pa.record_batch([pa.array([i], pa.int64())], schema=SMALL_SCHEMA)
+class Priority(Enum):
+    LOW = "low"
+    HIGH = "high"
 
 
-# --- the service ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Point(ArrowSerializableDataclass):
+    x: float
+    y: float
+
+
+@dataclass(frozen=True)
+class Order(ArrowSerializableDataclass):
+    order_id: int
+    customer: str
+    priority: Priority
+    placed: Annotated[datetime, ArrowType(pa.timestamp("us", tz="UTC"))]
+    total: float
+    location: Point
+    items: list[str]
+    quantities: dict[str, int]
+    path: list[Point]
+    note: str | None = None
 
 
 class BenchService(Protocol):
     def noop(self) -> None: ...
     def add(self, a: int, b: int) -> int: ...
+    def rich(self, order: Order) -> Order: ...
     def small_batches(self, count: int) -> Stream[StreamState]: ...
     def bulk(self, batches: int) -> Stream[StreamState]: ...
     def echo(self) -> Stream[StreamState]: ...
+    def bulk_echo(self) -> Stream[StreamState]: ...
 
 
 @dataclass
@@ -105,6 +136,9 @@ class BenchServiceImpl:
     def add(self, a: int, b: int) -> int:
         return a + b
 
+    def rich(self, order: Order) -> Order:
+        return order
+
     def small_batches(self, count: int) -> Stream[SmallState]:
         return Stream(output_schema=SMALL_SCHEMA, state=SmallState(count))
 
@@ -114,11 +148,14 @@ class BenchServiceImpl:
     def echo(self) -> Stream[EchoState]:
         return Stream(output_schema=SMALL_SCHEMA, state=EchoState(), input_schema=SMALL_SCHEMA)
 
+    def bulk_echo(self) -> Stream[EchoState]:
+        return Stream(output_schema=BULK_SCHEMA, state=EchoState(), input_schema=BULK_SCHEMA)
+
 
 # --- serving -------------------------------------------------------------------------------------
 
 
-def serve(mode: str, address: str | None) -> None:
+def serve(mode: str, address: str | None, bearer: str | None) -> None:
     from vgi_rpc import RpcServer
 
     server = RpcServer(BenchService, BenchServiceImpl())
@@ -133,16 +170,23 @@ def serve(mode: str, address: str | None) -> None:
             raise SystemExit("serve unix needs a socket path")
         serve_unix(server, address, threaded=True, on_bound=lambda path: print(path, flush=True))
     elif mode == "http":
-        from vgi_rpc.http import serve_http
+        from vgi_rpc.http import bearer_authenticate_static, serve_http
+        from vgi_rpc.rpc import AuthContext
 
+        authenticate = None
+        if bearer is not None:
+            authenticate = bearer_authenticate_static(tokens={bearer: AuthContext("bearer", True, "bench")})
         # prints PORT:<n>; vgi-rpc's defaults otherwise (zstd level 1), with a fixed token key as vgi-flight has
-        serve_http(server, host="127.0.0.1", port=0, token_key=b"b" * 32)
+        serve_http(server, host="127.0.0.1", port=0, token_key=TOKEN_KEY, authenticate=authenticate)
     else:
         raise SystemExit(f"unknown serve mode {mode!r}")
 
 
+# --- the client worker ---------------------------------------------------------------------------
+
+
 @contextlib.contextmanager
-def client(transport: str, address: str | None) -> Iterator[Any]:
+def connection(transport: str, address: str | None, tls: str | None, bearer: str | None) -> Iterator[Any]:
     """A proxy for BenchService over ``transport`` (the unix and http servers are already running)."""
     if transport == "pipe":
         from vgi_rpc import serve_pipe
@@ -152,7 +196,7 @@ def client(transport: str, address: str | None) -> Iterator[Any]:
     elif transport == "subprocess":
         from vgi_rpc import connect
 
-        with connect(BenchService, [sys.executable, os.path.abspath(__file__), "serve", "stdio"]) as proxy:
+        with connect(BenchService, [sys.executable, "-m", "benchmarks.vgirpc_workloads", "serve", "stdio"]) as proxy:
             yield proxy
     elif transport == "unix":
         from vgi_rpc.rpc import unix_connect
@@ -161,72 +205,82 @@ def client(transport: str, address: str | None) -> Iterator[Any]:
         with unix_connect(BenchService, address) as proxy:
             yield proxy
     elif transport == "http":
+        import httpx2
         from vgi_rpc.http import http_connect
 
         assert address is not None
-        with http_connect(BenchService, address) as proxy:
+        verify: ssl.SSLContext | bool = True
+        if tls is not None:  # mTLS to the TLS front: verify it against the CA, present a client certificate
+            verify = ssl.create_default_context(cafile=os.path.join(tls, "ca.pem"))
+            verify.load_cert_chain(os.path.join(tls, "client-bench.pem"), os.path.join(tls, "client-bench.key"))
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer else None
+        with (
+            httpx2.Client(base_url=address, follow_redirects=True, verify=verify, headers=headers) as client,
+            http_connect(BenchService, client=client) as proxy,
+        ):
             yield proxy
     else:
         raise SystemExit(f"unknown transport {transport!r}")
 
 
-# --- measuring -----------------------------------------------------------------------------------
+class Worker:
+    """One connection for every workload, and (but for HTTP) one more per thread for the threaded one.
+
+    vgi-rpc's pipe, subprocess and unix proxies serialise calls over one transport and must not be
+    shared across threads, so each thread of the threaded workload gets its own connection (opened
+    once, before the first threaded round). The HTTP proxy is stateless over a thread-safe httpx
+    client, so its threads share it, as vgi-flight's threads share one ``connect()``.
+    """
+
+    def __init__(self, args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
+        self.args = args
+        self.stack = stack
+        self.svc = self.open()
+        self.per_thread: list[Any] = []
+        self.order = sample_order(Order, Point, Priority)
+
+    def open(self) -> Any:
+        a = self.args
+        return self.stack.enter_context(connection(a.transport, a.address, a.tls, a.bearer))
+
+    def for_thread(self, index: int) -> Any:
+        if self.args.transport == "http":
+            return self.svc
+        while len(self.per_thread) <= index:
+            self.per_thread.append(self.open())
+        return self.per_thread[index]
+
+    def samplers(self, sizes: Sizes) -> dict[str, Sampler]:
+        return rpc_samplers(self.svc, AnnotatedBatch, self.order, sizes, self.for_thread)
 
 
-def samples_of(fn: Callable[[], object], count: int) -> list[float]:
-    """Seconds per call of ``fn``, ``count`` times (the method of benchmarks.run.latency_samples)."""
-    out = []
-    for _ in range(count):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
+def versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {"python": sys.version.split()[0], "vgi_rpc": version("vgi-rpc"), "pyarrow": pa.__version__}
 
 
-def measure(svc: Any, workload: str, count: int, warmup: int, batches: int) -> list[float]:
-    batch = AnnotatedBatch(small_batch(1))
-    if workload == "noop":
-        fn: Callable[[], object] = svc.noop
-    elif workload == "add":
-
-        def fn() -> object:
-            return svc.add(a=2, b=40)
-
-    elif workload == "small":
-
-        def fn() -> object:
-            return sum(1 for _ in svc.small_batches(count=50))
-
-    elif workload == "exchange20":
-
-        def fn() -> object:
-            with svc.echo() as session:
-                for _ in range(20):
-                    session.exchange(batch)
-            return None
-
-    elif workload == "turn":  # one exchange inside a stream that stays open for the whole round
-        with svc.echo() as session:
-            samples_of(lambda: session.exchange(batch), warmup)
-            return samples_of(lambda: session.exchange(batch), count)
-    elif workload == "bulk":
-        # warm up with a short transfer, then time whole transfers of ``batches`` batches
-        for _ in svc.bulk(batches=min(batches, 16)):
-            pass
-
-        def fn() -> object:
-            n = 0
-            for _ in svc.bulk(batches=batches):
-                n += 1
-            if n != batches:
-                raise RuntimeError(f"bulk delivered {n} batches, expected {batches}")
-            return n
-
-        return samples_of(fn, count)
-    else:
-        raise SystemExit(f"unknown workload {workload!r}")
-    samples_of(fn, warmup)
-    return samples_of(fn, count)
+def client(args: argparse.Namespace) -> None:
+    out = sys.stdout
+    sys.stdout = sys.stderr  # nothing but the JSON lines goes to stdout
+    with contextlib.ExitStack() as stack:
+        worker = Worker(args, stack)
+        out.write(json.dumps(versions()) + "\n")
+        out.flush()
+        samplers: dict[str, Sampler] = {}
+        sizes: Sizes | None = None
+        for line in sys.stdin:
+            command = json.loads(line)
+            try:
+                wanted = Sizes(**command["sizes"])
+                if wanted != sizes:
+                    sizes, samplers = wanted, worker.samplers(wanted)
+                samples = samplers[command["workload"]](command["count"], command["warmup"])
+                reply: dict[str, Any] = {"samples": samples}
+            except Exception as exc:
+                reply = {"error": f"{type(exc).__name__}: {exc}"}
+            out.write(json.dumps(reply) + "\n")
+            out.flush()
 
 
 def main() -> None:
@@ -235,37 +289,17 @@ def main() -> None:
     p_serve = sub.add_parser("serve")
     p_serve.add_argument("mode", choices=("stdio", "unix", "http"))
     p_serve.add_argument("address", nargs="?")
-    p_measure = sub.add_parser("measure")
-    p_measure.add_argument("--transport", choices=TRANSPORTS, required=True)
-    p_measure.add_argument("--workload", choices=WORKLOADS, required=True)
-    p_measure.add_argument("--count", type=int, default=100)
-    p_measure.add_argument("--warmup", type=int, default=10)
-    p_measure.add_argument("--batches", type=int, default=1024, help="bulk: batches per transfer")
-    p_measure.add_argument("--address", help="unix socket path or http base URL")
+    p_serve.add_argument("--bearer", help="http: require this bearer token")
+    p_client = sub.add_parser("client")
+    p_client.add_argument("--transport", choices=TRANSPORTS, required=True)
+    p_client.add_argument("--address", help="unix socket path or http base URL")
+    p_client.add_argument("--tls", help="http: directory with ca.pem and client-bench.pem/.key (mTLS)")
+    p_client.add_argument("--bearer", help="http: send this bearer token")
     args = parser.parse_args()
     if args.command == "serve":
-        serve(args.mode, args.address)
-        return
-    import vgi_rpc
-
-    with client(args.transport, args.address) as svc:
-        samples = measure(svc, args.workload, args.count, args.warmup, args.batches)
-    nbytes = args.batches * bulk_batch().nbytes if args.workload == "bulk" else None
-    version = getattr(vgi_rpc, "__version__", None)
-    if version is None:
-        from importlib.metadata import version as dist_version
-
-        version = dist_version("vgi-rpc")
-    result = {
-        "transport": args.transport,
-        "workload": args.workload,
-        "samples": samples,
-        "nbytes": nbytes,
-        "python": sys.version.split()[0],
-        "vgi_rpc": version,
-        "pyarrow": pa.__version__,
-    }
-    print(json.dumps(result), flush=True)
+        serve(args.mode, args.address, args.bearer)
+    else:
+        client(args)
 
 
 if __name__ == "__main__":
