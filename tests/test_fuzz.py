@@ -119,3 +119,25 @@ def test_data_metadata_fast_path_matches_json(token: bytes, seq: int) -> None:
     encoded = wire.data_metadata(token, seq, None)
     assert wire.parse_metadata(encoded) == json.loads(encoded)
     assert wire.unb64(wire.parse_metadata(encoded)["token"], "token") == token
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b"]), st.sampled_from([pa.int64(), pa.utf8()]), st.booleans()),
+        min_size=1,
+        max_size=3,
+        unique_by=lambda f: f[0],
+    ),
+    st.dictionaries(st.sampled_from([b"k", b"j"]), st.sampled_from([b"1", b"2"]), max_size=2),
+)
+def test_schema_caches_keep_metadata_and_nullability(
+    fields: list[tuple[str, pa.DataType, bool]], meta: dict[bytes, bytes]
+) -> None:
+    # pa.Schema equality ignores metadata: the caches must still give each schema its own bytes.
+    schema = pa.schema([pa.field(n, t, nullable) for n, t, nullable in fields], metadata=meta or None)
+    bare = pa.schema([pa.field(n, t, not nullable) for n, t, nullable in fields])
+    for s in (schema, bare, schema):
+        data = wire.schema_bytes(s)
+        assert data == s.serialize().to_pybytes()
+        assert wire.read_schema(data, "schema").equals(s, check_metadata=True)

@@ -39,11 +39,13 @@ class CallRecord:
     bytes_out: int = 0
     started: float = field(default_factory=time.perf_counter, repr=False)
 
-    def batch_in(self, batch: pa.RecordBatch) -> None:
-        """Count an input batch."""
+    def batch_in(self, batch: pa.RecordBatch) -> int:
+        """Count an input batch; return its buffer size (an upper bound of ``nbytes``)."""
+        size: int = batch.get_total_buffer_size()  # ~30x cheaper than nbytes, per batch on the hot path
         self.batches_in += 1
         self.rows_in += batch.num_rows
-        self.bytes_in += batch.get_total_buffer_size()  # ~30x cheaper than nbytes, per batch on the hot path
+        self.bytes_in += size
+        return size
 
     def batch_out(self, batch: pa.RecordBatch) -> None:
         """Count an output data batch."""

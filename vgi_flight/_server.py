@@ -142,11 +142,14 @@ class _LiveStream:
         """Mint a token for the current position."""
         return self.signer.mint(self.seq, state_to_bytes(self.state))
 
-    def turn(self, input: AnnotatedBatch, invoke: _Invoke) -> OutputCollector:
-        """Run one ``process`` call (through ``invoke``) and check it kept the stream's rules."""
+    def turn(self, input: AnnotatedBatch, invoke: _Invoke | None) -> OutputCollector:
+        """Run one ``process`` call (through ``invoke``, or inline) and check it kept the stream's rules."""
         out = OutputCollector(self.output_schema, producer=not self.exchange)
         self.ctx._log_sink = out.emit_client_log_message
-        invoke(self.watch, lambda: self.state.process(input, out, self.ctx))
+        if invoke is None:
+            self.state.process(input, out, self.ctx)
+        else:
+            invoke(self.watch, lambda: self.state.process(input, out, self.ctx))
         if out.data is not None:
             self.seq += 1
         elif self.exchange:
@@ -236,6 +239,11 @@ class _Dispatcher:
             hung_handlers=self.handlers.hung if self.handlers is not None else 0,
         )
 
+    @property
+    def turn_invoke(self) -> _Invoke | None:
+        """How stream turns run: ``None`` inline (no handler deadline), else :meth:`invoke`."""
+        return None if self.handlers is None else self.invoke
+
     def invoke(self, watch: CallWatch, fn: Callable[[], T]) -> T:
         """Run one handler invocation: inline, or on a worker under the handler deadline."""
         if self.handlers is None:
@@ -300,11 +308,12 @@ class _Dispatcher:
         Raises:
             RequestRejectedError: UNAUTHENTICATED, with one message whatever the reason.
         """
-        middleware = context.get_middleware(MIDDLEWARE_KEY) if self.auth is not None else None
+        # The auth middleware's instance is the call's CallCredential; a call without one presented none.
+        credential = context.get_middleware(MIDDLEWARE_KEY) if self.auth is not None else None
         try:
             return resolve_identity(
                 self.auth,
-                middleware.credential if middleware is not None else None,
+                credential,
                 context.peer_identity().decode("utf-8", "replace"),
                 rpc=rpc,
                 payload=payload,
@@ -851,7 +860,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
         # that goes away makes pyarrow close this generator (GeneratorExit) at the next yield anyway.
         while True:
             self._d.check_not_ending()
-            out = live.turn(_TICK, self._d.invoke)
+            out = live.turn(_TICK, self._d.turn_invoke)
             for msg in out.logs:
                 yield empty, wire.log_json(msg)
             data = out.data
@@ -915,8 +924,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
             self._d.check_not_ending()  # before consuming the batch: the client re-sends it elsewhere
             batch = chunk.data
             if batch is not None:
-                record.batch_in(batch)
-                if batch.get_total_buffer_size() > self._d.max_request_bytes:  # cheap bound first
+                if record.batch_in(batch) > self._d.max_request_bytes:  # the buffer total: a cheap upper bound
                     self._d.check_size(batch.nbytes, "input batch")
                 try:
                     batch.validate(full=True)
@@ -935,9 +943,11 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
                 batch = conform_batch(batch, live.input_schema, "input batch")
             except ValueError as exc:
                 raise RequestRejectedError(ErrorCode.INVALID_ARGUMENT, str(exc)) from None
-            custom = wire.parse_metadata(chunk.app_metadata).get("metadata")
-            meta = pa.KeyValueMetadata(custom) if isinstance(custom, dict) and custom else None
-            out = live.turn(AnnotatedBatch(batch, meta), self._d.invoke)
+            meta = None
+            if chunk.app_metadata is not None:
+                custom = wire.parse_metadata(chunk.app_metadata).get("metadata")
+                meta = pa.KeyValueMetadata(custom) if isinstance(custom, dict) and custom else None
+            out = live.turn(AnnotatedBatch(batch, meta), self._d.turn_invoke)
             for msg in out.logs:
                 writer.write_with_metadata(empty, wire.log_json(msg))
             assert out.data is not None

@@ -139,9 +139,23 @@ def read_single_batch(data: bytes | pa.Buffer, what: str) -> pa.RecordBatch:
     return batch
 
 
+# Every stream open and resume serializes or parses its schemas; a service has few distinct ones.
+_SCHEMA_CACHE_SIZE = 256
+# Keyed by object identity (schemas are immutable; the cache holds each one, so its id stays its
+# own): pa.Schema equality ignores metadata, so equal-looking schemas may serialize differently.
+_schema_bytes_cache: dict[int, tuple[pa.Schema, bytes]] = {}
+_read_schema_cache: dict[bytes, pa.Schema] = {}
+
+
 def schema_bytes(schema: pa.Schema) -> bytes:
     """Serialize a schema as an IPC schema message (the encoding Flight uses in FlightInfo)."""
+    cached = _schema_bytes_cache.get(id(schema))
+    if cached is not None and cached[0] is schema:
+        return cached[1]
     data: bytes = schema.serialize().to_pybytes()
+    if len(_schema_bytes_cache) >= _SCHEMA_CACHE_SIZE:
+        _schema_bytes_cache.clear()
+    _schema_bytes_cache[id(schema)] = (schema, data)
     return data
 
 
@@ -151,10 +165,17 @@ def read_schema(data: bytes, what: str) -> pa.Schema:
     Raises:
         WireError: The bytes are not a schema.
     """
+    schema = _read_schema_cache.get(data)
+    if schema is not None:
+        return schema
     try:
-        return pa.ipc.read_schema(pa.py_buffer(data))
+        schema = pa.ipc.read_schema(pa.py_buffer(data))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError) as exc:
         raise WireError(f"{what} is not a valid Arrow IPC schema: {_short(exc)}") from None
+    if len(_read_schema_cache) >= _SCHEMA_CACHE_SIZE:
+        _read_schema_cache.clear()
+    _read_schema_cache[data] = schema
+    return schema
 
 
 def _short(exc: BaseException) -> str:
