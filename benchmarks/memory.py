@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -269,23 +269,62 @@ def peak_of(read: Callable[[], int], server_pid: int, mib: int, workload: str) -
     return peaks
 
 
+def _run_fresh(*args: str) -> Any:
+    """Run ``python -m benchmarks.memory ARGS`` in a fresh client process and return the JSON it prints."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.memory", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=900,
+    ).stdout
+    return json.loads(out)
+
+
+def stream_growth(producer_mib: int, exchange_turns: int) -> list[Growth]:
+    """RSS growth of both sides over a producer and an exchange, in fresh client and server processes.
+
+    A fresh client keeps what else a process did (a test runner, other benchmarks) out of its RSS.
+    """
+    return [Growth(**row) for row in _run_fresh("growth", str(producer_mib), str(exchange_turns))]
+
+
+def round_peaks(rounds: int, producer_mib: int, exchange_turns: int) -> dict[str, list[float]]:
+    """Peak RSS (MiB) of each side in each of ``rounds`` rounds of a producer then an exchange, in fresh processes.
+
+    A leak makes every round's peak higher than the last; memory an allocator keeps for reuse
+    makes early rounds higher and then stops. Keyed ``"<side> <workload>"``.
+    """
+    result: dict[str, list[float]] = _run_fresh("rounds", str(rounds), str(producer_mib), str(exchange_turns))
+    return result
+
+
+def _round_peaks_here(rounds: int, producer_mib: int, exchange_turns: int) -> dict[str, list[float]]:
+    peaks: dict[str, list[float]] = {}
+    with server_process() as (location, _raw, pid), connect(MemoryService, location) as svc:
+        sum(1 for _ in svc.fill(batches=512))  # warm up
+        for _ in range(rounds):
+            for row in producer_growth(svc, pid, producer_mib) + exchange_growth(svc, pid, exchange_turns):
+                peaks.setdefault(f"{row.side} {row.workload.split()[0]}", []).append(row.max_mib)
+    return peaks
+
+
+def _growth_here(producer_mib: int, exchange_turns: int) -> list[Growth]:
+    with server_process() as (location, _raw, pid), connect(MemoryService, location) as svc:
+        sum(1 for _ in svc.fill(batches=512))  # warm up: allocator and gRPC buffers settle in the first ~0.5 GiB
+        return producer_growth(svc, pid, producer_mib) + exchange_growth(svc, pid, exchange_turns)
+
+
 def big_batch_peak(side: str, mib: int) -> list[Peak]:
     """Extra peak RSS when one ``mib`` MiB batch is built, sent and read, with fresh client and server processes.
 
     Arrow's allocator keeps freed memory for reuse, so a second measurement in the same processes
     would see a lower peak: each one gets new processes.
     """
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.memory", "peak", side, str(mib)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    ).stdout
-    return [Peak(**row) for row in json.loads(out)]
+    return [Peak(**row) for row in _run_fresh("peak", side, str(mib))]
 
 
 def _peak_here(side: str, mib: int) -> list[Peak]:
@@ -310,14 +349,17 @@ def _peak_here(side: str, mib: int) -> list[Peak]:
 
 def measure(gib: float, exchange_gib: float, big_mib: int) -> tuple[list[Growth], list[Peak]]:
     """Run every measurement against a fresh server."""
-    with server_process() as (location, _raw, pid), connect(MemoryService, location) as svc:
-        sum(1 for _ in svc.fill(batches=64))  # warm up
-        growth = producer_growth(svc, pid, int(gib * 1024))
-        growth += exchange_growth(svc, pid, int(exchange_gib * 1024))
+    growth = stream_growth(int(gib * 1024), int(exchange_gib * 1024))
     return growth, big_batch_peak("vgi", big_mib) + big_batch_peak("raw", big_mib)
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["rounds"]:
+        print(json.dumps(_round_peaks_here(*(int(a) for a in sys.argv[2:5]))))
+        return
+    if sys.argv[1:2] == ["growth"]:
+        print(json.dumps([asdict(g) for g in _growth_here(int(sys.argv[2]), int(sys.argv[3]))]))
+        return
     if sys.argv[1:2] == ["peak"]:
         print(json.dumps([asdict(p) for p in _peak_here(sys.argv[2], int(sys.argv[3]))]))
         return
