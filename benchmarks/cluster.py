@@ -3,8 +3,8 @@
     python -m benchmarks.cluster [--quick] [--json results.json]
 
 Replicas are ``python -m benchmarks.services vgi`` child processes on 127.0.0.1 sharing one token
-key; the nginx front (``grpc_pass`` to an upstream of the replicas) is started from ``/usr/sbin/nginx``
-with a throw-away configuration. The client runs here.
+key; the nginx front (``grpc_pass`` to an upstream of the replicas) is :func:`benchmarks.nginx.grpc_front`,
+nginx with a throw-away configuration. The client runs here.
 
 1. Failover: a producer of one-row batches is read; after a fixed number of batches the replica
    serving it is killed with SIGKILL. Reported: kill -> the client notices the break, kill -> the
@@ -20,26 +20,22 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, cast
 
+from benchmarks.nginx import grpc_front
 from benchmarks.services import BenchService, bulk_batch
 from vgi_flight import StreamSession, connect
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 CLIENT_LOG = "vgi_flight.client"  # the client logs "stream ... broke at ..." when it starts a resume
 
 
@@ -72,71 +68,9 @@ class Replica:
         self.proc.wait(timeout=10)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def nginx_front(replicas: Sequence[Replica], buffer: str | None = None) -> Iterator[str]:
-    """nginx on a loopback port, ``grpc_pass`` to the replicas (as in tests/test_cluster.py).
-
-    ``buffer`` sets ``grpc_buffer_size`` (the default is one memory page, 4 KiB here).
-    """
-    with tempfile.TemporaryDirectory(prefix="vgi-bench-nginx-") as directory:
-        port = _free_port()
-        upstream = "\n".join(f"    server 127.0.0.1:{r.port} max_fails=1 fail_timeout=10s;" for r in replicas)
-        temp = "\n".join(
-            f"  {kind}_temp_path {directory}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        config = Path(directory, "nginx.conf")
-        config.write_text(
-            f"""
-worker_processes 1;
-daemon off;
-pid {directory}/nginx.pid;
-error_log {directory}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-{temp}
-  upstream replicas {{
-{upstream}
-  }}
-  server {{
-    listen 127.0.0.1:{port} http2;
-    client_max_body_size 0;
-    grpc_read_timeout 3600s;
-    grpc_send_timeout 3600s;
-    grpc_next_upstream error timeout;
-    {f"grpc_buffer_size {buffer};" if buffer else ""}
-    location / {{ grpc_pass grpc://replicas; }}
-  }}
-}}
-"""
-        )
-        proc = subprocess.Popen([NGINX, "-c", str(config), "-p", directory], stderr=subprocess.PIPE)
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                with socket.socket() as sock:
-                    if sock.connect_ex(("127.0.0.1", port)) == 0:
-                        break
-                if proc.poll() is not None:
-                    raise RuntimeError(f"nginx exited: {proc.stderr.read().decode() if proc.stderr else ''}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError("nginx did not start listening")
-                time.sleep(0.02)
-            yield f"grpc://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+def nginx_front(replicas: Sequence[Replica], buffer: str | None = None) -> AbstractContextManager[str]:
+    """nginx on a loopback port, ``grpc_pass`` to the replicas; ``buffer`` sets ``grpc_buffer_size``."""
+    return grpc_front([f"127.0.0.1:{r.port}" for r in replicas], buffer=buffer)
 
 
 def established_on(port: int) -> int:

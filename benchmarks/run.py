@@ -38,8 +38,9 @@ import pyarrow.flight as flight
 
 from benchmarks.clients import raw_samplers, vgi_flight_samplers
 from benchmarks.common import BULK_ROWS, SMALL_SCHEMA, Sampler, Sizes, bulk_batch, latency_samples
+from benchmarks.nginx import NGINX, tls_front
 from benchmarks.services import HMAC_KEY_ID, HMAC_SECRET, BenchService
-from benchmarks.vgirpc import BEARER, NGINX, TRANSPORTS, VgiRpcSide, tls_front, vgirpc_python, vgirpc_server
+from benchmarks.vgirpc import BEARER, TRANSPORTS, VgiRpcSide, vgirpc_python, vgirpc_server
 from vgi_flight import HmacAuth, connect
 
 __all__ = ["latency_samples", "main", "percentile", "server_process"]

@@ -13,8 +13,9 @@ the sides never run at the same time. The unix and HTTP servers run in their own
 the worker, which is what those transports are.
 
 vgi-rpc's HTTP transport has no TLS of its own: it expects TLS from "the fronting server". With
-mTLS, :func:`tls_front` puts nginx in front of it on loopback (client certificates verified against
-the run's CA, keep-alive to the upstream, no buffering) and the server requires a bearer token.
+mTLS, :func:`tls_front` (from :mod:`benchmarks.nginx`) puts nginx in front of it on loopback
+(client certificates verified against the run's CA, keep-alive to the upstream, no buffering) and
+the server requires a bearer token.
 """
 
 from __future__ import annotations
@@ -25,19 +26,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TRANSPORTS = ("pipe", "subprocess", "unix", "http")
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 BEARER = "bench-bearer-token-" + "x" * 24
 COMMAND_TIMEOUT = 600.0  # seconds for one round of one workload
 
@@ -152,76 +149,6 @@ def vgirpc_server(python: Path, mode: str, address: str | None = None, bearer: s
             yield line
     finally:
         kill_group(proc)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def tls_front(upstream: str, certs: str) -> Iterator[str]:
-    """nginx on a loopback port terminating mTLS in front of ``upstream`` (an http:// URL); yields its https URL."""
-    if not os.path.exists(NGINX):
-        raise RuntimeError("no nginx to terminate TLS in front of vgi-rpc's HTTP transport")
-    with tempfile.TemporaryDirectory(prefix="vgi-bench-nginx-") as directory:
-        port = free_port()
-        temp = "\n".join(
-            f"  {kind}_temp_path {directory}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        config = Path(directory, "nginx.conf")
-        config.write_text(
-            f"""
-worker_processes 1;
-daemon off;
-pid {directory}/nginx.pid;
-error_log {directory}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-{temp}
-  upstream vgirpc {{
-    server {upstream.removeprefix("http://")};
-    keepalive 32;
-  }}
-  server {{
-    listen 127.0.0.1:{port} ssl;
-    ssl_certificate {certs}/server.pem;
-    ssl_certificate_key {certs}/server.key;
-    ssl_client_certificate {certs}/ca.pem;
-    ssl_verify_client on;
-    client_max_body_size 0;
-    proxy_http_version 1.1;
-    proxy_set_header Connection "";
-    proxy_set_header Host $host;
-    proxy_request_buffering off;
-    proxy_buffering off;
-    proxy_read_timeout 3600s;
-    proxy_send_timeout 3600s;
-    location / {{ proxy_pass http://vgirpc; }}
-  }}
-}}
-"""
-        )
-        proc = subprocess.Popen(
-            [NGINX, "-c", str(config), "-p", directory], stderr=subprocess.PIPE, start_new_session=True
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                with socket.socket() as sock:
-                    if sock.connect_ex(("127.0.0.1", port)) == 0:
-                        break
-                if proc.poll() is not None:
-                    raise RuntimeError(f"nginx exited: {proc.stderr.read().decode() if proc.stderr else ''}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError("nginx did not start listening")
-                time.sleep(0.02)
-            yield f"https://127.0.0.1:{port}"
-        finally:
-            kill_group(proc)
 
 
 # --- the client workers --------------------------------------------------------------------------

@@ -7,13 +7,13 @@ them can resume any stream. ``LoadServer`` starts one in a child process for the
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from benchmarks.nginx import grpc_front
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,60 +57,15 @@ class LoadServer:
 
 
 class Nginx:
-    """nginx balancing gRPC over ``upstreams`` on a free loopback port (as in tests/test_cluster.py)."""
+    """nginx balancing gRPC over ``upstreams`` (:func:`benchmarks.nginx.grpc_front`) until :meth:`stop`."""
 
     def __init__(self, upstreams: list[str], workdir: Path) -> None:
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
-        assert os.path.exists(binary), "nginx is required (.ci/run installs the Debian package)"
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        servers = "\n".join(f"    server {u.split('://')[1]} max_fails=1 fail_timeout=10s;" for u in upstreams)
-        temp = "\n".join(
-            f"  {kind}_temp_path {workdir}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        config = workdir / "nginx.conf"
-        config.write_text(
-            f"""
-worker_processes 1;
-daemon off;
-pid {workdir}/nginx.pid;
-error_log {workdir}/nginx-error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-{temp}
-  upstream replicas {{
-{servers}
-  }}
-  server {{
-    listen 127.0.0.1:{port} http2;
-    client_max_body_size 0;
-    grpc_read_timeout 3600s;
-    grpc_send_timeout 3600s;
-    grpc_next_upstream error timeout;
-    location / {{ grpc_pass grpc://replicas; }}
-  }}
-}}
-"""
-        )
-        self.proc = subprocess.Popen([binary, "-c", str(config), "-p", str(workdir)], stderr=subprocess.PIPE)
-        self.location = f"grpc://127.0.0.1:{port}"
-        deadline = time.monotonic() + 10
-        while True:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert self.proc.poll() is None, self.proc.stderr.read().decode() if self.proc.stderr else "nginx exited"
-            assert time.monotonic() < deadline, "nginx did not start listening"
-            time.sleep(0.05)
+        self._stack = contextlib.ExitStack()
+        self.location: str = self._stack.enter_context(grpc_front(upstreams, workdir))
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        self.proc.wait(timeout=10)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+        """Stop nginx (idempotent)."""
+        self._stack.close()
 
 
 def main() -> None:

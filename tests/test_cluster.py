@@ -7,10 +7,6 @@ must not lose or duplicate a single row.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.nginx import grpc_front
 from tests.conformance_service import Conformance
 from tests.conftest import ServerProcess
 from vgi_flight import AnnotatedBatch, RpcError, connect
@@ -30,59 +27,10 @@ def replicas(spawn_server: Callable[..., ServerProcess]) -> list[ServerProcess]:
     return [spawn_server(PROTOCOL, IMPL) for _ in range(3)]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def nginx(replicas: list[ServerProcess], tmp_path: Path) -> Iterator[str]:
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    assert os.path.exists(binary), "nginx is required (.ci/run installs the Debian package)"
-    port = _free_port()
-    upstream = "\n".join(f"    server {r.location.split('://')[1]} max_fails=1 fail_timeout=10s;" for r in replicas)
-    temp = "\n".join(
-        f"  {kind}_temp_path {tmp_path}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    config = tmp_path / "nginx.conf"
-    config.write_text(
-        f"""
-worker_processes 1;
-daemon off;
-pid {tmp_path}/nginx.pid;
-error_log {tmp_path}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-  access_log off;
-{temp}
-  upstream replicas {{
-{upstream}
-  }}
-  server {{
-    listen 127.0.0.1:{port} http2;
-    client_max_body_size 0;
-    grpc_read_timeout 3600s;
-    grpc_send_timeout 3600s;
-    grpc_next_upstream error timeout;
-    location / {{ grpc_pass grpc://replicas; }}
-  }}
-}}
-"""
-    )
-    proc = subprocess.Popen([binary, "-c", str(config), "-p", str(tmp_path)], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while True:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "nginx exited"
-        assert time.monotonic() < deadline, "nginx did not start listening"
-        time.sleep(0.05)
-    yield f"grpc://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
+    with grpc_front([r.location for r in replicas], tmp_path, worker_connections=256) as location:
+        yield location
 
 
 def _kill(replicas: list[ServerProcess], pid: int) -> None:
