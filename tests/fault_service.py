@@ -30,6 +30,7 @@ PRODUCED: Counter[str] = Counter()  # batches produced per stream key
 CANCELLED: Counter[str] = Counter()  # on_cancel runs per stream key
 SAW_CANCELLED: set[str] = set()  # gates whose cooperative handler saw ctx.cancelled turn True
 HUNG_ONCE: set[str] = set()  # hang points already used (hang_once hangs the first time only)
+OPENED: Counter[str] = Counter()  # stream method runs per key
 
 ENDLESS_SCHEMA = pa.schema([("i", pa.int64())])
 RELAY_INPUT = pa.schema([("x", pa.int64())])
@@ -52,6 +53,7 @@ def reset() -> None:
         CANCELLED.clear()
         SAW_CANCELLED.clear()
         HUNG_ONCE.clear()
+        OPENED.clear()
 
 
 def _hang(name: str, ctx: CallContext | None, cooperative: bool) -> None:
@@ -65,14 +67,18 @@ def _hang(name: str, ctx: CallContext | None, cooperative: bool) -> None:
 
 @dataclass
 class EndlessState(ProducerState):
-    """Produces batches of ``rows`` consecutive integers forever; may hang once at batch ``hang_at``."""
+    """Batches of ``rows`` consecutive integers, forever or ``limit`` of them; may hang once at ``hang_at``."""
 
     key: str
     rows: int = 1
     n: int = 0
     hang_at: int = -1
+    limit: int = -1
 
     def produce(self, out: OutputCollector, ctx: CallContext) -> None:
+        if self.n == self.limit:
+            out.finish()
+            return
         if self.n == self.hang_at:
             point = f"{self.key}@{self.n}"
             with _LOCK:
@@ -132,6 +138,10 @@ class FaultService(Protocol):
         """Exchange: the running total of the inputs."""
         ...
 
+    def either(self, key: str, exchange: bool) -> Stream[StreamState]:
+        """A relay exchange, or a producer of three batches: the kind depends on the call."""
+        ...
+
 
 class FaultServiceImpl:
     def ping(self) -> int:
@@ -150,3 +160,10 @@ class FaultServiceImpl:
 
     def relay(self, key: str) -> Stream[StreamState]:
         return Stream(output_schema=RELAY_OUTPUT, state=RelayState(key=key), input_schema=RELAY_INPUT)
+
+    def either(self, key: str, exchange: bool) -> Stream[StreamState]:
+        with _LOCK:
+            OPENED[key] += 1
+        if exchange:
+            return self.relay(key)
+        return Stream(output_schema=ENDLESS_SCHEMA, state=EndlessState(key=key, limit=3))

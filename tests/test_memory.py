@@ -15,7 +15,7 @@ from benchmarks.memory import big_batch_peak, round_peaks
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
-FLAT_MIB = 32
+FLAT_MIB = 64  # a round moves 256 MiB and 64 MiB each way: holding a batch per turn or per batch far exceeds it
 
 
 def test_long_producer_and_exchange_keep_rss_flat() -> None:

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from tests.conformance_service import Conformance, ConformanceImpl
+from tests.conformance_service import Conformance, ConformanceImpl, Header
 from vgi_flight import AnnotatedBatch, RpcError, RpcServer, connect
 
 
@@ -69,3 +69,50 @@ def test_prometheus_metrics() -> None:
 def test_metrics_need_opting_in() -> None:
     with RpcServer(Conformance, ConformanceImpl(), token_key=b"k" * 32) as server, pytest.raises(RuntimeError):
         server.metrics_text()
+
+
+def test_later_stream_calls_open_in_one_call(caplog: pytest.LogCaptureFixture) -> None:
+    """The first call of a stream method asks GetFlightInfo what it is; later calls open with the
+    call request as ticket or descriptor (the single-call path), with the same header, logs and data."""
+    from vgi_flight import Message
+
+    logs: list[Message] = []
+    with (
+        caplog.at_level(logging.INFO, logger="vgi_flight.access"),
+        RpcServer(Conformance, ConformanceImpl(), token_key=b"k" * 32) as server,
+        connect(Conformance, server.location, on_log=logs.append) as proxy,
+    ):
+        for _ in range(2):
+            session = proxy.count(limit=3)
+            assert [b.batch.column("i")[0].as_py() for b in session] == [0, 1, 2]
+            header_session = proxy.count_with_header(limit=2)
+            assert header_session.typed_header(Header).note == "counting"
+            assert sum(b.batch.num_rows for b in header_session) == 2
+            with proxy.echo_stream(tag="again") as echo:
+                assert echo.typed_header(Header).note == "echo"
+                assert echo.exchange(AnnotatedBatch.from_pydict({"x": [4.0]})).batch.to_pydict() == {"x": [4.0]}
+                token = echo.token
+            assert token.startswith(b"VGT1")
+    rpcs = [(line["rpc"], line["method"]) for line in _lines(caplog)]
+    assert rpcs.count(("GetFlightInfo", "count")) == 1
+    assert rpcs.count(("DoGet", "count")) == 2
+    assert rpcs.count(("GetFlightInfo", "echo_stream")) == 1
+    assert rpcs.count(("DoExchange", "echo_stream")) == 2
+    assert [m.message for m in logs if m.message == "opening count"] == ["opening count"] * 2
+    assert [m.message for m in logs if m.message.startswith("turn")] == ["turn 1"] * 2
+
+
+def test_a_method_that_changes_stream_kind_still_opens() -> None:
+    from tests import fault_service
+    from tests.fault_service import FaultService, FaultServiceImpl
+
+    fault_service.reset()
+    with (
+        RpcServer(FaultService, FaultServiceImpl(), token_key=b"k" * 32) as server,
+        connect(FaultService, server.location) as proxy,
+    ):
+        assert [b.batch.column("i")[0].as_py() for b in proxy.either(key="p", exchange=False)] == [0, 1, 2]
+        with proxy.either(key="x", exchange=True) as relay:  # learned "producer": refused, then asked again
+            assert relay.exchange(AnnotatedBatch.from_pydict({"x": [5]})).batch.to_pydict() == {"total": [5]}
+        assert [b.batch.num_rows for b in proxy.either(key="p2", exchange=False)] == [1, 1, 1]
+    assert fault_service.OPENED == {"p": 1, "x": 2, "p2": 2}  # a changed kind costs one extra run

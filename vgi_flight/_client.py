@@ -175,6 +175,34 @@ def _handle_metadata(meta: dict[str, Any], on_log: OnLog) -> None:
         on_log(wire.message_from_json(meta))
 
 
+def _read_ready(reader: flight.FlightStreamReader, on_log: OnLog) -> dict[str, Any]:
+    """Read a stream's opening messages up to ``ready``, delivering logs; return ``ready``'s metadata."""
+    while True:
+        try:
+            chunk = reader.read_chunk()
+        except StopIteration:
+            raise _protocol_error("server ended the stream before its 'ready' message") from None
+        meta = wire.parse_metadata(chunk.app_metadata)
+        if meta.get("kind") == wire.KIND_READY:
+            return meta
+        _handle_metadata(meta, on_log)
+
+
+def _decode_header(desc: MethodDescription, meta: dict[str, Any]) -> ArrowSerializableDataclass | None:
+    """The stream header in ``meta`` (FlightInfo or ``ready`` metadata), if the method has one."""
+    if "header" not in meta or desc.header_type is None:
+        return None
+    header: ArrowSerializableDataclass = desc.header_type.deserialize_from_bytes(wire.unb64(meta["header"], "header"))
+    return header
+
+
+def _wrong_stream_kind(exc: RpcError) -> bool:
+    """Whether a single-call open was refused because the method's stream is of the other kind."""
+    return exc.code is ErrorCode.INVALID_ARGUMENT and (
+        "is an exchange stream" in exc.error_message or "is a producer stream" in exc.error_message
+    )
+
+
 def _assemble(parts: list[pa.RecordBatch], last: pa.RecordBatch) -> pa.RecordBatch:
     """Rejoin a data batch the server sent as several messages (``data_part`` slices, then ``data``)."""
     if not parts:
@@ -232,6 +260,7 @@ class StreamSession:
         self._writer: flight.FlightStreamWriter | None = None
         self._reader: flight.FlightStreamReader | None = None
         self._get_reader: flight.FlightStreamReader | None = None
+        self._opened_reader: flight.FlightStreamReader | None = None  # a single-call DoGet, read up to `ready`
         self._last_meta: dict[str, Any] = {}
         transport.sessions.add(self)
 
@@ -306,15 +335,27 @@ class StreamSession:
                 # Abandoned mid-stream: tear down the call so neither side waits on it.
                 reader.cancel()
 
+    def _adopt(self, writer: flight.FlightStreamWriter | None, reader: flight.FlightStreamReader) -> None:
+        """Continue on a call the proxy opened with the call request itself (single-call path)."""
+        if self._exchange:
+            assert writer is not None
+            self._writer, self._reader = writer, reader
+            writer.begin(self.input_schema)
+        else:
+            self._get_reader = self._opened_reader = reader
+
     def _read_producer(self) -> Iterator[AnnotatedBatch]:
         """Read the producer from the current position; raise :class:`_BrokenError` when the call breaks."""
-        token = self.token
-        try:
-            reader = self._t.pool.client(self._location).do_get(
-                flight.Ticket(token), self._t.options("DoGet", token, self._trace_context)
-            )
-        except (flight.FlightError, pa.ArrowException) as exc:
-            raise self._classify(exc) from None
+        reader = self._opened_reader
+        self._opened_reader = None
+        if reader is None:
+            token = self.token
+            try:
+                reader = self._t.pool.client(self._location).do_get(
+                    flight.Ticket(token), self._t.options("DoGet", token, self._trace_context)
+                )
+            except (flight.FlightError, pa.ArrowException) as exc:
+                raise self._classify(exc) from None
         self._get_reader = reader
         parts: list[pa.RecordBatch] = []
         while True:
@@ -550,6 +591,9 @@ class _Proxy:
         self._service = service
         self._t = transport
         self._callers: dict[str, Callable[..., Any]] = {}
+        # Whether each stream method is an exchange, learned from its first GetFlightInfo: later
+        # calls open with the call request itself, one round trip fewer (a Protocol says only Stream).
+        self._exchange_kind: dict[str, bool] = {}
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         if name.startswith("__"):
@@ -608,45 +652,102 @@ class _Proxy:
         return call
 
     def _stream_caller(self, desc: MethodDescription) -> Callable[..., StreamSession]:
-        t = self._t
-
         def call(*args: Any, **kwargs: Any) -> StreamSession:
             if args:
                 raise TypeError(f"{desc.name}() takes keyword arguments only")
             # pyarrow clients lift gRPC's 4 MiB receive limit: large batches need no slicing and re-joining.
             request = wire.encode_call(desc.name, encode_params(desc, kwargs), whole_batches=True)
-            descriptor = flight.FlightDescriptor.for_command(request)
-            with t.span("GetFlightInfo", desc.name) as trace_context:
+            exchange = self._exchange_kind.get(desc.name)
+            if exchange is not None:
                 try:
-                    location, info = t.first_available(
-                        lambda client: client.get_flight_info(descriptor, t.options("GetFlightInfo", request))
-                    )
-                except (flight.FlightError, pa.ArrowException) as exc:
-                    raise wire.rpc_error_from_flight(exc) from None
-            endpoint = info.endpoints[0]
-            meta = wire.parse_metadata(info.app_metadata)
-            for entry in meta.get("logs", ()):
-                t.on_log(wire.message_from_json(entry))
-            header: ArrowSerializableDataclass | None = None
-            if "header" in meta and desc.header_type is not None:
-                header = desc.header_type.deserialize_from_bytes(wire.unb64(meta["header"], "header"))
-            return StreamSession(
-                t,
-                method=desc.name,
-                exchange=meta.get("kind") == "exchange",
-                token=endpoint.ticket.ticket,
-                seq=int(meta.get("seq", 0)),
-                output_schema=info.schema,
-                input_schema=wire.read_schema(wire.unb64(meta.get("input_schema"), "input_schema"), "input schema"),
-                header=header,
-                location=location,
-                endpoints=[
-                    loc.uri.decode() if isinstance(loc.uri, bytes) else str(loc.uri) for loc in endpoint.locations
-                ],
-                trace_context=trace_context,
-            )
+                    return self._open_single_call(desc, request, exchange)
+                except RpcError as exc:
+                    if not _wrong_stream_kind(exc):
+                        raise
+                    del self._exchange_kind[desc.name]  # the method changed kind: ask again
+            session = self._open_with_flight_info(desc, request)
+            self._exchange_kind[desc.name] = session.is_exchange
+            return session
 
         return call
+
+    def _open_single_call(self, desc: MethodDescription, request: bytes, exchange: bool) -> StreamSession:
+        """Open a stream with the call request as its ticket or descriptor and read up to ``ready``."""
+        t = self._t
+        rpc = "DoExchange" if exchange else "DoGet"
+        with t.span(rpc, desc.name) as trace_context:
+
+            def open_call(
+                client: flight.FlightClient,
+            ) -> tuple[flight.FlightStreamWriter | None, flight.FlightStreamReader, dict[str, Any]]:
+                options = t.options(rpc, request, trace_context)
+                writer: flight.FlightStreamWriter | None = None
+                if exchange:
+                    writer, reader = client.do_exchange(flight.FlightDescriptor.for_command(request), options)
+                else:
+                    reader = client.do_get(flight.Ticket(request), options)
+                try:
+                    return writer, reader, _read_ready(reader, t.on_log)
+                except BaseException:
+                    with contextlib.suppress(flight.FlightError, pa.ArrowException):
+                        reader.cancel()
+                    raise
+
+            try:
+                location, (writer, reader, ready) = t.first_available(open_call)
+            except (flight.FlightError, pa.ArrowException) as exc:
+                raise wire.rpc_error_from_flight(exc) from None
+        if (ready.get("stream") == "exchange") != exchange:
+            raise _protocol_error(f"'{desc.name}' opened as the wrong kind of stream")
+        input_schema = (
+            wire.read_schema(wire.unb64(ready.get("input_schema"), "input_schema"), "input schema")
+            if exchange
+            else pa.schema([])
+        )
+        session = StreamSession(
+            t,
+            method=desc.name,
+            exchange=exchange,
+            token=wire.unb64(ready.get("token"), "token"),
+            seq=int(ready.get("seq", 0)),
+            output_schema=reader.schema,
+            input_schema=input_schema,
+            header=_decode_header(desc, ready),
+            location=location,
+            endpoints=[],
+            trace_context=trace_context,
+        )
+        session._adopt(writer, reader)
+        return session
+
+    def _open_with_flight_info(self, desc: MethodDescription, request: bytes) -> StreamSession:
+        """Open a stream with ``GetFlightInfo``, which reports its kind, schemas, header and first token."""
+        t = self._t
+        descriptor = flight.FlightDescriptor.for_command(request)
+        with t.span("GetFlightInfo", desc.name) as trace_context:
+            try:
+                location, info = t.first_available(
+                    lambda client: client.get_flight_info(descriptor, t.options("GetFlightInfo", request))
+                )
+            except (flight.FlightError, pa.ArrowException) as exc:
+                raise wire.rpc_error_from_flight(exc) from None
+        endpoint = info.endpoints[0]
+        meta = wire.parse_metadata(info.app_metadata)
+        for entry in meta.get("logs", ()):
+            t.on_log(wire.message_from_json(entry))
+        return StreamSession(
+            t,
+            method=desc.name,
+            exchange=meta.get("kind") == "exchange",
+            token=endpoint.ticket.ticket,
+            seq=int(meta.get("seq", 0)),
+            output_schema=info.schema,
+            input_schema=wire.read_schema(wire.unb64(meta.get("input_schema"), "input_schema"), "input schema"),
+            header=_decode_header(desc, meta),
+            location=location,
+            endpoints=[loc.uri.decode() if isinstance(loc.uri, bytes) else str(loc.uri) for loc in endpoint.locations],
+            trace_context=trace_context,
+        )
 
 
 def encode_params(desc: MethodDescription, kwargs: dict[str, Any]) -> pa.RecordBatch:

@@ -645,7 +645,12 @@ class _Dispatcher:
         else:
             live = self.open_stream(context, auth, data)
             prelude = [wire.log_json(m) for m in live.init_logs]
-            prelude.append(wire.ready_metadata(live.token(), live.seq, live.header))
+            input_schema = wire.schema_bytes(live.input_schema) if live.exchange else None
+            prelude.append(
+                wire.ready_metadata(
+                    live.token(), live.seq, live.header, exchange=live.exchange, input_schema=input_schema
+                )
+            )
         if live.exchange != exchange:
             if live.exchange:
                 raise RequestRejectedError(

@@ -293,11 +293,21 @@ def part_metadata(seq: int) -> bytes:
     return b'{"kind":"data_part","seq":%d}' % seq
 
 
-def ready_metadata(token: bytes, seq: int, header: bytes | None) -> bytes:
-    """app_metadata of the ``ready`` message that opens every DoGet/DoExchange response."""
+def ready_metadata(
+    token: bytes, seq: int, header: bytes | None, *, exchange: bool | None = None, input_schema: bytes | None = None
+) -> bytes:
+    """app_metadata of the ``ready`` message that opens every DoGet/DoExchange response.
+
+    On the single-call path it also says what the stream is (``stream``: producer or exchange) and,
+    for an exchange, its input schema: what ``GetFlightInfo`` would have reported.
+    """
     obj: dict[str, Any] = {"kind": KIND_READY, "seq": seq, "token": b64(token)}
     if header is not None:
         obj["header"] = b64(header)
+    if exchange is not None:
+        obj["stream"] = "exchange" if exchange else "producer"
+    if input_schema is not None:
+        obj["input_schema"] = b64(input_schema)
     return json_bytes(obj)
 
 
