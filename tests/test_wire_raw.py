@@ -7,6 +7,7 @@ check that bad input is refused with a typed error while the server keeps servin
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -340,3 +341,25 @@ def test_large_output_arrives_in_slices_under_4_mib(client: flight.FlightClient)
     assert kinds.count("data_part") >= 2
     assert rows == 400_000
     assert max(sizes) < 4 * 1024 * 1024 - 32 * 1024
+
+
+def test_stream_opened_with_the_other_kinds_rpc_is_refused_with_its_own_error_type(client: flight.FlightClient) -> None:
+    # The single-call path: DoGet with an exchange's call request, DoExchange with a producer's.
+    with pytest.raises(flight.FlightError) as info:
+        read_until_end(client.do_get(flight.Ticket(call_request("echo_stream", {}))))
+    body = error_body(info.value)
+    assert (body["code"], body["error_type"]) == ("INVALID_ARGUMENT", "WrongStreamKind")
+    assert "use DoExchange" in body["error_message"]
+    writer, reader = client.do_exchange(
+        flight.FlightDescriptor.for_command(call_request("count", {"limit": pa.array([2])}))
+    )
+    with pytest.raises(flight.FlightError) as info:
+        read_until_end(reader)
+    body = error_body(info.value)
+    assert (body["code"], body["error_type"]) == ("INVALID_ARGUMENT", "WrongStreamKind")
+    assert "use DoGet" in body["error_message"]
+    with contextlib.suppress(flight.FlightError):
+        writer.close()
+    assert [c.data.num_rows for c in client.do_get(flight.Ticket(call_request("count", {"limit": pa.array([2])})))][
+        -2:
+    ] == [1, 1]

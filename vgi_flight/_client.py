@@ -196,11 +196,9 @@ def _decode_header(desc: MethodDescription, meta: dict[str, Any]) -> ArrowSerial
     return header
 
 
-def _wrong_stream_kind(exc: RpcError) -> bool:
-    """Whether a single-call open was refused because the method's stream is of the other kind."""
-    return exc.code is ErrorCode.INVALID_ARGUMENT and (
-        "is an exchange stream" in exc.error_message or "is a producer stream" in exc.error_message
-    )
+def _input_schema(meta: dict[str, Any]) -> pa.Schema:
+    """An exchange's input schema from FlightInfo or ``ready`` metadata."""
+    return wire.read_schema(wire.unb64(meta.get("input_schema"), "input_schema"), "input schema")
 
 
 def _assemble(parts: list[pa.RecordBatch], last: pa.RecordBatch) -> pa.RecordBatch:
@@ -662,7 +660,7 @@ class _Proxy:
                 try:
                     return self._open_single_call(desc, request, exchange)
                 except RpcError as exc:
-                    if not _wrong_stream_kind(exc):
+                    if exc.error_type != wire.WRONG_STREAM_KIND_ERROR:
                         raise
                     del self._exchange_kind[desc.name]  # the method changed kind: ask again
             session = self._open_with_flight_info(desc, request)
@@ -699,11 +697,7 @@ class _Proxy:
                 raise wire.rpc_error_from_flight(exc) from None
         if (ready.get("stream") == "exchange") != exchange:
             raise _protocol_error(f"'{desc.name}' opened as the wrong kind of stream")
-        input_schema = (
-            wire.read_schema(wire.unb64(ready.get("input_schema"), "input_schema"), "input schema")
-            if exchange
-            else pa.schema([])
-        )
+        input_schema = _input_schema(ready) if exchange else pa.schema([])
         session = StreamSession(
             t,
             method=desc.name,
@@ -742,7 +736,7 @@ class _Proxy:
             token=endpoint.ticket.ticket,
             seq=int(meta.get("seq", 0)),
             output_schema=info.schema,
-            input_schema=wire.read_schema(wire.unb64(meta.get("input_schema"), "input_schema"), "input schema"),
+            input_schema=_input_schema(meta),
             header=_decode_header(desc, meta),
             location=location,
             endpoints=[loc.uri.decode() if isinstance(loc.uri, bytes) else str(loc.uri) for loc in endpoint.locations],

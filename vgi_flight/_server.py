@@ -66,7 +66,6 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
 log = logging.getLogger("vgi_flight.server")
-DRAINING_MESSAGE = "server is draining: retry on another replica"
 T = TypeVar("T")
 
 _TICK = AnnotatedBatch(pa.RecordBatch.from_pydict({}))
@@ -251,7 +250,7 @@ class _Dispatcher:
         return self.handlers.run(fn, watch, lambda: self.ending)
 
     @contextlib.contextmanager
-    def stream_call(self, context: flight.ServerCallContext, live: _LiveStream) -> Iterator[None]:
+    def stream_call(self, live: _LiveStream) -> Iterator[None]:
         """Count a stream call by how it ends, and end its watch so late handlers see it cancelled."""
         self.streams.opened()
         outcome = StreamOutcome.FAILED
@@ -352,8 +351,7 @@ class _Dispatcher:
             activate: Make the call's span current while the body runs (not for generators, whose
                 body runs in pieces, possibly on other threads).
         """
-        if self.draining:
-            raise RequestRejectedError(ErrorCode.UNAVAILABLE, DRAINING_MESSAGE, wire.DRAINING_ERROR)
+        self.check_not_draining()
         record = CallRecord(rpc)
         span = self.tracing.start(record, context) if self.tracing is not None else None
         failure: BaseException | None = None
@@ -381,6 +379,13 @@ class _Dispatcher:
             if span is not None:
                 assert self.tracing is not None
                 self.tracing.finish(span, record, failure)
+
+    def check_not_draining(self) -> None:
+        """Refuse a new call while draining, before anything runs (clients may retry it elsewhere)."""
+        if self.draining:
+            raise RequestRejectedError(
+                ErrorCode.UNAVAILABLE, "server is draining: retry on another replica", wire.DRAINING_ERROR
+            )
 
     def check_not_ending(self) -> None:
         """Between turns: past the drain deadline, end the stream so the client resumes elsewhere."""
@@ -652,12 +657,9 @@ class _Dispatcher:
                 )
             )
         if live.exchange != exchange:
-            if live.exchange:
-                raise RequestRejectedError(
-                    ErrorCode.INVALID_ARGUMENT, f"'{live.ctx.method}' is an exchange stream: use DoExchange"
-                )
+            use = "an exchange stream: use DoExchange" if live.exchange else "a producer stream: use DoGet"
             raise RequestRejectedError(
-                ErrorCode.INVALID_ARGUMENT, f"'{live.ctx.method}' is a producer stream: use DoGet"
+                ErrorCode.INVALID_ARGUMENT, f"'{live.ctx.method}' is {use}", wire.WRONG_STREAM_KIND_ERROR
             )
         return live, prelude
 
@@ -829,8 +831,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.GeneratorStream:
         pin_thread_state()
         try:
-            if self._d.draining:
-                raise RequestRejectedError(ErrorCode.UNAVAILABLE, DRAINING_MESSAGE, wire.DRAINING_ERROR)
+            self._d.check_not_draining()  # before any work: DoGet's call tracking starts in the generator
             self._d.check_size(len(ticket.ticket), "ticket")
             auth = self._d.authenticate(context, "DoGet", ticket.ticket)
             live, prelude = self._d.stream_from(context, auth, ticket.ticket, exchange=False)
@@ -844,16 +845,15 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
         pin_thread_state()  # pyarrow may pull the batches on another gRPC thread than do_get ran on
         empty = live.empty_batch
         try:
-            with self._d.call("DoGet", context, activate=False) as record, self._d.stream_call(context, live):
+            with self._d.call("DoGet", context, activate=False) as record, self._d.stream_call(live):
                 record.method, record.kind = live.ctx.method, "producer"
                 record.principal = live.ctx.auth.principal or ""
-                yield from self._stream_output(context, live, prelude, empty, record)
+                yield from self._stream_output(live, prelude, empty, record)
         except Exception as exc:
             raise self._d.to_flight_error(exc, f"DoGet {live.ctx.method}") from None
 
     def _stream_output(
         self,
-        context: flight.ServerCallContext,
         live: _LiveStream,
         prelude: list[bytes],
         empty: pa.RecordBatch,
@@ -906,7 +906,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
         record.principal = auth.principal or ""
         live, prelude = self._d.stream_from(context, auth, command, exchange=True)
         record.method = live.ctx.method
-        with self._d.stream_call(context, live):
+        with self._d.stream_call(live):
             self._exchange_turns(live, prelude, reader, writer, record)
 
     def _exchange_turns(

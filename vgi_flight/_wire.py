@@ -37,6 +37,8 @@ RESERVED_ACTIONS = (DESCRIBE_ACTION, CANCEL_ACTION, HEALTH_ACTION)
 ERROR_MARKER = '{"vgi_error"'
 # error_type of the UNAVAILABLE a draining server answers before running anything: safe to retry elsewhere.
 DRAINING_ERROR = "ServerDraining"
+# error_type of the INVALID_ARGUMENT for a stream opened with the RPC of the other kind (DoGet vs DoExchange).
+WRONG_STREAM_KIND_ERROR = "WrongStreamKind"
 
 KIND_READY = "ready"
 KIND_DATA = "data"
