@@ -2,7 +2,8 @@
 
     python -m benchmarks.memory [--gib 10] [--exchange-gib 2] [--big-mib 512] [--json out.json]
 
-The server runs in a child process on 127.0.0.1, the client here. Each side's resident set is read
+The server is ``python -m benchmarks.services vgi`` (or ``raw``) in a child process on 127.0.0.1,
+the client a fresh ``python -m benchmarks.memory`` process. Each side's resident set is read
 from ``/proc/<pid>/status``: ``VmRSS`` is sampled while a stream runs (growth = median of the last
 fifth of the samples minus the median of the first fifth), and
 ``VmHWM`` (the peak, reset through ``/proc/<pid>/clear_refs``) gives the extra memory one large
@@ -21,107 +22,15 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any
 
-import pyarrow as pa
 import pyarrow.flight as flight
 
-from vgi_flight import (
-    AnnotatedBatch,
-    CallContext,
-    ExchangeState,
-    OutputCollector,
-    ProducerState,
-    RpcServer,
-    Stream,
-    StreamState,
-    connect,
-)
+from benchmarks.services import BULK_ROWS, BenchService, bulk_batch, server_process
+from vgi_flight import AnnotatedBatch, connect
 
-MIB = 2**20
-SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.float64())])
-ROWS_PER_MIB = MIB // 16
-
-
-def _one_mib() -> pa.RecordBatch:
-    return pa.record_batch(
-        [pa.array(range(ROWS_PER_MIB), pa.int64()), pa.array([0.5] * ROWS_PER_MIB, pa.float64())], schema=SCHEMA
-    )
-
-
-_ONE_MIB = _one_mib()
-
-
-def batch_of(mib: int) -> pa.RecordBatch:
-    """One contiguous batch of ``mib`` MiB (two 8-byte columns), allocated once."""
-    return pa.concat_batches([_ONE_MIB] * mib)
-
-
-@dataclass
-class FillState(ProducerState):
-    """Sends the same 1 MiB batch ``left`` more times (like a raw server streaming a buffer)."""
-
-    left: int
-
-    def produce(self, out: OutputCollector, ctx: CallContext) -> None:
-        if self.left <= 0:
-            out.finish()
-            return
-        self.left -= 1
-        out.emit(_ONE_MIB)
-
-
-@dataclass
-class OneState(ProducerState):
-    """Builds one batch of ``mib`` MiB, sends it, and finishes."""
-
-    mib: int
-    sent: bool = False
-
-    def produce(self, out: OutputCollector, ctx: CallContext) -> None:
-        if self.sent:
-            out.finish()
-            return
-        self.sent = True
-        out.emit(batch_of(self.mib))
-
-
-@dataclass
-class EchoState(ExchangeState):
-    """Answers every input batch with itself."""
-
-    turns: int = 0
-
-    def exchange(self, input: AnnotatedBatch, out: OutputCollector, ctx: CallContext) -> None:
-        self.turns += 1
-        out.emit(input.batch)
-
-
-class MemoryService(Protocol):
-    """Streams for memory measurements."""
-
-    def fill(self, batches: int) -> Stream[StreamState]:
-        """``batches`` batches of 1 MiB."""
-        ...
-
-    def one(self, mib: int) -> Stream[StreamState]:
-        """A single batch of ``mib`` MiB."""
-        ...
-
-    def echo(self) -> Stream[StreamState]:
-        """Exchange: every input batch comes back."""
-        ...
-
-
-class MemoryServiceImpl:
-    def fill(self, batches: int) -> Stream[StreamState]:
-        return Stream(output_schema=SCHEMA, state=FillState(batches))
-
-    def one(self, mib: int) -> Stream[StreamState]:
-        return Stream(output_schema=SCHEMA, state=OneState(mib))
-
-    def echo(self) -> Stream[StreamState]:
-        return Stream(output_schema=SCHEMA, state=EchoState(), input_schema=SCHEMA)
+# The benchmark service's bulk batch is 1 MiB (BULK_ROWS rows of int64 + float64).
+ROWS_PER_MIB = BULK_ROWS
 
 
 # --- /proc ----------------------------------------------------------------------------------------
@@ -208,48 +117,24 @@ class Peak:
 # --- running ----------------------------------------------------------------------------------------
 
 
-class RawServer(flight.FlightServerBase):  # type: ignore[misc]
-    """The same large batch on raw pyarrow.flight: ``DoGet(b"<mib>")`` sends one batch of that size."""
-
-    def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.RecordBatchStream:
-        return flight.RecordBatchStream(pa.Table.from_batches([batch_of(int(ticket.ticket))]))
-
-
-@contextmanager
-def server_process() -> Iterator[tuple[str, str, int]]:
-    """``python -m benchmarks.memory serve`` in a child process: (vgi location, raw location, pid)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.memory", "serve"], stdout=subprocess.PIPE, text=True, env=env
-    )
-    assert proc.stdout is not None
-    location, raw_location = proc.stdout.readline().split()
-    try:
-        yield location, raw_location, proc.pid
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
-
-
-def producer_growth(svc: MemoryService, server_pid: int, mib: int) -> list[Growth]:
+def producer_growth(svc: BenchService, server_pid: int, mib: int) -> list[Growth]:
     """RSS of both sides while a producer streams ``mib`` MiB in 1 MiB batches."""
     received = 0
     with RssSampler({"client": "self", "server": server_pid}) as sampler:
-        for item in svc.fill(batches=mib):
+        for item in svc.bulk(batches=mib):
             received += item.batch.num_rows
     if received != mib * ROWS_PER_MIB:
         raise AssertionError(f"received {received} rows, expected {mib * ROWS_PER_MIB}")
     return growth_rows(f"producer {mib / 1024:g} GiB in 1 MiB batches", sampler)
 
 
-def exchange_growth(svc: MemoryService, server_pid: int, mib: int) -> list[Growth]:
+def exchange_growth(svc: BenchService, server_pid: int, mib: int) -> list[Growth]:
     """RSS of both sides over an exchange of ``mib`` turns, each echoing a 1 MiB batch."""
-    with RssSampler({"client": "self", "server": server_pid}) as sampler, svc.echo() as session:
+    one_mib = bulk_batch()
+    with RssSampler({"client": "self", "server": server_pid}) as sampler, svc.bulk_echo() as session:
         for _ in range(mib):
-            answer = session.exchange(AnnotatedBatch(_ONE_MIB))
-            if answer.batch.num_rows != _ONE_MIB.num_rows:
+            answer = session.exchange(AnnotatedBatch(one_mib))
+            if answer.batch.num_rows != one_mib.num_rows:
                 raise AssertionError("exchange answer lost rows")
     return growth_rows(f"exchange {mib} turns of 1 MiB each way", sampler)
 
@@ -302,10 +187,17 @@ def round_peaks(rounds: int, producer_mib: int, exchange_turns: int) -> dict[str
     return result
 
 
+@contextmanager
+def _warm_server() -> Iterator[tuple[BenchService, int]]:
+    """A fresh benchmark server and a client to it, past the first 0.5 GiB (allocators and gRPC buffers settle)."""
+    with server_process("vgi") as server, connect(BenchService, server.location) as svc:
+        sum(1 for _ in svc.bulk(batches=512))
+        yield svc, server.pid
+
+
 def _round_peaks_here(rounds: int, producer_mib: int, exchange_turns: int) -> dict[str, list[float]]:
     peaks: dict[str, list[float]] = {}
-    with server_process() as (location, _raw, pid), connect(MemoryService, location) as svc:
-        sum(1 for _ in svc.fill(batches=512))  # warm up
+    with _warm_server() as (svc, pid):
         for _ in range(rounds):
             for row in producer_growth(svc, pid, producer_mib) + exchange_growth(svc, pid, exchange_turns):
                 peaks.setdefault(f"{row.side} {row.workload.split()[0]}", []).append(row.max_mib)
@@ -313,8 +205,7 @@ def _round_peaks_here(rounds: int, producer_mib: int, exchange_turns: int) -> di
 
 
 def _growth_here(producer_mib: int, exchange_turns: int) -> list[Growth]:
-    with server_process() as (location, _raw, pid), connect(MemoryService, location) as svc:
-        sum(1 for _ in svc.fill(batches=512))  # warm up: allocator and gRPC buffers settle in the first ~0.5 GiB
+    with _warm_server() as (svc, pid):
         return producer_growth(svc, pid, producer_mib) + exchange_growth(svc, pid, exchange_turns)
 
 
@@ -329,17 +220,20 @@ def big_batch_peak(side: str, mib: int) -> list[Peak]:
 
 def _peak_here(side: str, mib: int) -> list[Peak]:
     """The measurement of :func:`big_batch_peak`, in the fresh client process."""
-    with server_process() as (location, raw_location, pid):
+    with server_process(side) as server:
         if side == "vgi":
-            with connect(MemoryService, location) as svc:
+            with connect(BenchService, server.location) as svc:
                 return peak_of(
-                    lambda: sum(item.batch.num_rows for item in svc.one(mib=mib)), pid, mib, f"one batch of {mib} MiB"
+                    lambda: sum(item.batch.num_rows for item in svc.one(mib=mib)),
+                    server.pid,
+                    mib,
+                    f"one batch of {mib} MiB",
                 )
-        raw = flight.connect(raw_location)
+        raw = flight.connect(server.location)
         try:
             return peak_of(
-                lambda: sum(chunk.data.num_rows for chunk in raw.do_get(flight.Ticket(str(mib).encode()))),
-                pid,
+                lambda: sum(chunk.data.num_rows for chunk in raw.do_get(flight.Ticket(f"one:{mib}".encode()))),
+                server.pid,
                 mib,
                 f"one batch of {mib} MiB, raw flight",
             )
@@ -362,12 +256,6 @@ def main() -> None:
         return
     if sys.argv[1:2] == ["peak"]:
         print(json.dumps([asdict(p) for p in _peak_here(sys.argv[2], int(sys.argv[3]))]))
-        return
-    if sys.argv[1:] == ["serve"]:
-        server = RpcServer(MemoryService, MemoryServiceImpl(), "grpc://127.0.0.1:0", token_key=b"m" * 32)
-        raw = RawServer("grpc://127.0.0.1:0")
-        print(server.location, f"grpc://127.0.0.1:{raw.port}", flush=True)
-        server.serve()
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--gib", type=float, default=10.0, help="producer stream size (default 10 GiB)")

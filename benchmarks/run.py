@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ import pyarrow.flight as flight
 from benchmarks.clients import raw_samplers, vgi_flight_samplers
 from benchmarks.common import BULK_ROWS, SMALL_SCHEMA, Sampler, Sizes, bulk_batch, latency_samples
 from benchmarks.nginx import NGINX, tls_front
-from benchmarks.services import HMAC_KEY_ID, HMAC_SECRET, BenchService
+from benchmarks.services import HMAC_KEY_ID, HMAC_SECRET, BenchService, server_process
 from benchmarks.vgirpc import BEARER, TRANSPORTS, VgiRpcSide, vgirpc_python, vgirpc_server
 from vgi_flight import HmacAuth, connect
 
@@ -104,28 +103,6 @@ QUICK = Plan(
 # --- processes and sides -------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def server_process(which: str, *options: str) -> Iterator[str]:
-    """``python -m benchmarks.services which options...`` in a child process; yields its location."""
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.services", which, *options],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    location = proc.stdout.readline().strip()
-    try:
-        if not location:
-            raise RuntimeError(f"benchmarks.services {which} exited with {proc.wait()}")
-        yield location
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 class Side(Protocol):
     name: str
 
@@ -188,8 +165,8 @@ def mode_sides(mode: str, peers: Peers, sizes: Sizes) -> Iterator[tuple[list[Sid
                 "private_key": files["client-bench.key"],
             }
             vgi_options, raw_options = ("--tls", certs, "--hmac"), ("--tls", certs)
-        vgi_loc = stack.enter_context(server_process("vgi", *vgi_options))
-        raw_loc = stack.enter_context(server_process("raw", *raw_options))
+        vgi_loc = stack.enter_context(server_process("vgi", *vgi_options)).location
+        raw_loc = stack.enter_context(server_process("raw", *raw_options)).location
         auth = HmacAuth(HMAC_KEY_ID, HMAC_SECRET) if mode == SECURE else None
         svc = stack.enter_context(connect(BenchService, vgi_loc, auth=auth, **tls))
         sides.append(LocalSide(VGI, vgi_flight_samplers(svc, sizes)))

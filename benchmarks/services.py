@@ -6,6 +6,9 @@ prints its location. The vgi-rpc version of the service is ``benchmarks.vgirpc_w
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -89,6 +92,12 @@ class BenchService(Protocol):
     def bulk(self, batches: int) -> Stream[StreamState]: ...
     def echo(self) -> Stream[StreamState]: ...
     def bulk_echo(self) -> Stream[StreamState]: ...
+    def one(self, mib: int) -> Stream[StreamState]: ...
+
+
+def one_batch(mib: int) -> pa.RecordBatch:
+    """A single contiguous bulk batch of ``mib`` MiB, built anew (not cached: it may be large)."""
+    return pa.concat_batches([bulk_batch()] * mib)
 
 
 @dataclass
@@ -115,6 +124,21 @@ class BulkState(ProducerState):
             return
         out.emit(bulk_batch())
         self.remaining -= 1
+
+
+@dataclass
+class OneState(ProducerState):
+    """Builds one batch of ``mib`` MiB, sends it, and finishes."""
+
+    mib: int
+    sent: bool = False
+
+    def produce(self, out: OutputCollector, ctx: CallContext) -> None:
+        if self.sent:
+            out.finish()
+            return
+        self.sent = True
+        out.emit(one_batch(self.mib))
 
 
 @dataclass
@@ -147,6 +171,9 @@ class BenchServiceImpl:
 
     def bulk_echo(self) -> Stream[EchoState]:
         return Stream(output_schema=BULK_SCHEMA, state=EchoState(), input_schema=BULK_SCHEMA)
+
+    def one(self, mib: int) -> Stream[OneState]:
+        return Stream(output_schema=BULK_SCHEMA, state=OneState(mib))
 
 
 # --- raw pyarrow.flight --------------------------------------------------------------------------
@@ -243,6 +270,8 @@ class RawServer(flight.FlightServerBase):  # type: ignore[misc]
         n = int(count)
         if kind == "small":
             return flight.GeneratorStream(SMALL_SCHEMA, (small_batch(i) for i in range(n)))
+        if kind == "one":
+            return flight.RecordBatchStream(pa.Table.from_batches([one_batch(n)]))
         batch = bulk_batch()
         return flight.GeneratorStream(BULK_SCHEMA, (batch for _ in range(n)))
 
@@ -250,6 +279,38 @@ class RawServer(flight.FlightServerBase):  # type: ignore[misc]
         writer.begin(BULK_SCHEMA if descriptor.command == b"bulk_echo" else SMALL_SCHEMA)
         for chunk in reader:
             writer.write_batch(chunk.data)
+
+
+@dataclass(frozen=True)
+class ServerChild:
+    """A ``benchmarks.services`` server running in a child process."""
+
+    location: str
+    pid: int
+
+
+@contextlib.contextmanager
+def server_process(which: str, *options: str) -> Iterator[ServerChild]:
+    """``python -m benchmarks.services which options...`` in a child process on loopback; killed on exit."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.services", which, *options],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=root,
+    )
+    assert proc.stdout is not None
+    location = proc.stdout.readline().strip()
+    try:
+        if not location:
+            raise RuntimeError(f"benchmarks.services {which} exited with {proc.wait()}")
+        yield ServerChild(location, proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
 
 
 def main() -> None:
