@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from benchmarks.memory import big_batch_peak, round_peaks
+from benchmarks.memory import big_batch_peak, round_rss
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -20,11 +20,12 @@ FLAT_MIB = 64  # a round moves 256 MiB and 64 MiB each way: holding a batch per 
 
 def test_long_producer_and_exchange_keep_rss_flat() -> None:
     # Six rounds, each a 256 MiB producer (1 MiB batches) and 64 exchange turns of 1 MiB each way, in
-    # fresh processes after a 512 MiB warm-up. A leak raises every round's peak; an allocator keeping
-    # freed memory raises the early ones and stops. So: no late round may set a new high.
-    peaks = round_peaks(6, 256, 64)
-    assert set(peaks) == {"client producer", "server producer", "client exchange", "server exchange"}
-    for name, per_round in peaks.items():
+    # fresh processes after a 512 MiB warm-up; RSS read when each stream has ended (what stays held).
+    # A leak raises every round's figure; an allocator keeping freed memory raises the early ones and
+    # stops. So: no late round may set a new high.
+    kept = round_rss(6, 256, 64)
+    assert set(kept) == {"client producer", "server producer", "client exchange", "server exchange"}
+    for name, per_round in kept.items():
         assert len(per_round) == 6
         assert max(per_round[3:]) < max(per_round[:3]) + FLAT_MIB, (name, per_round)
 
