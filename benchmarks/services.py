@@ -314,10 +314,13 @@ def server_process(which: str, *options: str) -> Iterator[ServerChild]:
 
 
 def main() -> None:
-    """``python -m benchmarks.services vgi|raw [--tls DIR] [--hmac]``: serve on loopback, print the location.
+    """``python -m benchmarks.services vgi|raw [--tls DIR] [--hmac] [--local-data]``: serve on loopback.
+
+    Prints the location.
 
     ``--tls DIR`` serves mTLS with DIR/server.pem, DIR/server.key and client certificates verified
-    against DIR/ca.pem. ``--hmac`` (vgi only) requires HMAC-signed requests.
+    against DIR/ca.pem. ``--hmac`` (vgi only) requires HMAC-signed requests. ``--local-data`` (vgi
+    only) also serves producers over a local data channel.
     """
     args = sys.argv[1:]
     which = args[0]
@@ -339,7 +342,13 @@ def main() -> None:
     else:
         auth = ServerAuth(hmac_keys={HMAC_KEY_ID: HmacKey(HMAC_SECRET, "bench")}) if "--hmac" in args else None
         rpc = RpcServer(
-            BenchService, BenchServiceImpl(), f"{scheme}://127.0.0.1:0", token_key=b"b" * 32, auth=auth, **tls
+            BenchService,
+            BenchServiceImpl(),
+            f"{scheme}://127.0.0.1:0",
+            token_key=b"b" * 32,
+            auth=auth,
+            local_data="--local-data" in args,
+            **tls,
         )
         print(rpc.location, flush=True)
         rpc.serve()

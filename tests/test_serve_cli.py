@@ -127,3 +127,19 @@ def test_configuration_from_a_toml_file(serve: Callable[..., Served], tmp_path: 
     )
     assert result.returncode != 0
     assert "unknown option 'no_such_option'" in result.stderr
+
+
+def test_serve_with_a_local_data_channel(serve: Callable[..., Served], tmp_path: Path) -> None:
+    path = tmp_path / "data.sock"
+    served = serve(
+        "tests.conformance_service:ConformanceImpl", "--location", "grpc://127.0.0.1:0", "--local-data", str(path)
+    )
+    assert path.is_socket()
+    with connect(Conformance, served.location, local_data=True) as proxy:
+        assert [b.batch.column(0)[0].as_py() for b in proxy.count(limit=3)] == [0, 1, 2]
+    assert served.terminate() == 0
+    assert not path.exists()  # removed on the way out
+    assert served.proc.stderr is not None
+    lines = [json.loads(line) for line in served.proc.stderr.read().splitlines() if line.startswith("{")]
+    local = [line for line in lines if line.get("kind") == "producer-local"]
+    assert [(line["method"], line["status"], line["rows_out"]) for line in local] == [("count", "OK", 3)]

@@ -27,6 +27,7 @@ from vgi_flight._arrow_types import ArrowSerializableDataclass, arrow_array
 from vgi_flight._auth import ClientCredential, request_payload
 from vgi_flight._balance import LocationPool
 from vgi_flight._errors import ErrorCode, RpcError
+from vgi_flight._local import LocalStreamReader
 from vgi_flight._log import Message
 from vgi_flight._service import MethodDescription, MethodKind, ServiceDescription, describe_protocol
 from vgi_flight._streams import AnnotatedBatch, Stream, conform_batch
@@ -114,8 +115,11 @@ class _Transport:
         on_log: OnLog,
         resume_attempts: int = 5,
         tracing: ClientTracing | None = None,
+        local_data: bool = False,
     ) -> None:
         self.pool = pool
+        self.local_data = local_data
+        self.no_local_data: set[str] = set()  # locations whose local data channel is absent or unreachable
         self.timeout = timeout
         self.credential = credential
         self.on_log = on_log
@@ -257,7 +261,7 @@ class StreamSession:
         self._iterated = False
         self._writer: flight.FlightStreamWriter | None = None
         self._reader: flight.FlightStreamReader | None = None
-        self._get_reader: flight.FlightStreamReader | None = None
+        self._get_reader: flight.FlightStreamReader | LocalStreamReader | None = None
         self._opened_reader: flight.FlightStreamReader | None = None  # a single-call DoGet, read up to `ready`
         self._last_meta: dict[str, Any] = {}
         transport.sessions.add(self)
@@ -342,10 +346,47 @@ class StreamSession:
         else:
             self._get_reader = self._opened_reader = reader
 
+    def _open_local(self, token: bytes) -> LocalStreamReader | None:
+        """Open the stream at ``token`` on the server's local data channel; ``None`` when it has none here.
+
+        Raises:
+            _BrokenError: The grant call broke in transport.
+            RpcError: The server refused the grant for another reason (e.g. an expired token).
+        """
+        t = self._t
+        location = self._location
+        payload = request_payload("DoAction", token, wire.LOCAL_DATA_ACTION)
+        try:
+            results = list(
+                t.pool.client(location).do_action(
+                    flight.Action(wire.LOCAL_DATA_ACTION, token), t.options("DoAction", payload, self._trace_context)
+                )
+            )
+            grant = wire.parse_metadata(results[0].body) if results else {}
+            path, secret = str(grant["path"]), wire.unb64(grant.get("grant"), "grant")
+        except (flight.FlightError, pa.ArrowException) as exc:
+            error = wire.rpc_error_from_flight(exc)
+            if error.error_type in (wire.LOCAL_DATA_UNAVAILABLE_ERROR, "UNIMPLEMENTED") or (
+                error.code is ErrorCode.UNIMPLEMENTED and wire.ERROR_MARKER not in str(exc)
+            ):
+                t.no_local_data.add(location)
+                return None
+            raise self._classify(exc) from None
+        except (KeyError, wire.WireError):
+            raise _protocol_error("malformed __local_data__ result") from None
+        try:
+            return LocalStreamReader(path, secret, t.timeout)
+        except OSError as exc:  # not on this host, or not allowed to use the socket: read over Flight
+            log.info("local data channel %s of %s unreachable (%s); reading over Flight", path, location, exc)
+            t.no_local_data.add(location)
+            return None
+
     def _read_producer(self) -> Iterator[AnnotatedBatch]:
         """Read the producer from the current position; raise :class:`_BrokenError` when the call breaks."""
-        reader = self._opened_reader
+        reader: flight.FlightStreamReader | LocalStreamReader | None = self._opened_reader
         self._opened_reader = None
+        if reader is None and self._t.local_data and self._location not in self._t.no_local_data:
+            reader = self._open_local(self.token)
         if reader is None:
             token = self.token
             try:
@@ -656,6 +697,8 @@ class _Proxy:
             # pyarrow clients lift gRPC's 4 MiB receive limit: large batches need no slicing and re-joining.
             request = wire.encode_call(desc.name, encode_params(desc, kwargs), whole_batches=True)
             exchange = self._exchange_kind.get(desc.name)
+            if exchange is False and self._t.local_data:
+                exchange = None  # a producer read locally opens with GetFlightInfo; its DoGet is not needed
             if exchange is not None:
                 try:
                     return self._open_single_call(desc, request, exchange)
@@ -785,9 +828,10 @@ class RpcConnection(Generic[P]):
         on_log: OnLog,
         resume_attempts: int,
         tracing: ClientTracing | None = None,
+        local_data: bool = False,
     ) -> None:
         """Wrap a pool of Flight clients (use :func:`connect`)."""
-        self._transport = _Transport(pool, timeout, auth, on_log, resume_attempts, tracing)
+        self._transport = _Transport(pool, timeout, auth, on_log, resume_attempts, tracing, local_data)
         self._service = describe_protocol(cast(type, protocol))
         self._proxy = cast(P, _Proxy(self._service, self._transport))
 
@@ -813,6 +857,7 @@ class RpcConnection(Generic[P]):
                 t.on_log,
                 t.resume_attempts,
                 t.tracing,
+                t.local_data,
             )
             for i in range(count)
         ]
@@ -961,6 +1006,7 @@ def connect(
     resume_attempts: int = 5,
     eject_seconds: float = 5.0,
     tracing: bool | TracerProvider = False,
+    local_data: bool = False,
 ) -> RpcConnection[P]:
     """Connect to a vgi-flight server.
 
@@ -987,6 +1033,9 @@ def connect(
             unary call and stream open, and the trace context (``traceparent``/``tracestate``
             through the global propagator) sent with every call. ``True`` uses the global
             TracerProvider; pass a ``TracerProvider`` to use that one instead.
+        local_data: Read producer streams over the server's local data channel (a Unix socket,
+            several times gRPC's throughput) when the server has one and it is reachable from
+            this host; otherwise, and for exchanges, calls go over Flight as usual.
 
     Returns:
         A connection; entering it yields the typed proxy.
@@ -1015,6 +1064,7 @@ def connect(
         on_log=on_log or _default_on_log,
         resume_attempts=resume_attempts,
         tracing=tracer,
+        local_data=local_data,
     )
 
 

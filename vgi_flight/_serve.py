@@ -147,6 +147,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "(runs handlers on worker threads; default: no limit, handlers on the gRPC thread)",
     )
     parser.add_argument(
+        "--local-data",
+        nargs="?",
+        const="auto",
+        default=_env("local_data"),
+        metavar="PATH",
+        help="also serve producers to clients on this host over a Unix socket at PATH "
+        "(no PATH, or 'auto': a private temporary directory); clients opt in with local_data=True",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=int,
         default=int(_env("metrics_port", "0") or 0),
@@ -226,6 +235,7 @@ def build_server(args: argparse.Namespace) -> RpcServer:
         advertise=args.advertise,
         metrics=bool(args.metrics_port),
         handler_deadline=args.handler_deadline,
+        local_data=True if args.local_data == "auto" else (args.local_data or False),
         **kwargs,
     )
 
@@ -245,6 +255,8 @@ def serve(args: argparse.Namespace) -> int:
         server.serve_metrics(args.metrics_port, args.metrics_address)
     print(server.location, flush=True)
     log.info("serving on %s", server.location)
+    if server.local_data_path is not None:
+        log.info("local data channel on %s", server.local_data_path)
     if not server.serve(drain_deadline=args.drain_deadline):
         # A call is stuck on a stalled client: do not let it hold the process past the drain.
         log.warning("exiting with calls still open")

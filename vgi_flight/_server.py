@@ -38,6 +38,7 @@ from vgi_flight._context import AuthContext, CallContext
 from vgi_flight._errors import ErrorCode, RpcError
 from vgi_flight._gil import pin_thread_state
 from vgi_flight._handlers import CallWatch, HandlerEndedError, HandlerPool
+from vgi_flight._local import LocalCall, LocalDataChannel, LocalStreamWriter
 from vgi_flight._log import Message
 from vgi_flight._observe import CallRecord, Metrics, ServerStats, StreamCounts, StreamOutcome, finish
 from vgi_flight._service import BoundMethod, MethodDescription, MethodKind, bind_implementation, describe_protocol
@@ -222,6 +223,7 @@ class _Dispatcher:
             for name, b in self.methods.items()
         }
         self._describe_bytes: bytes | None = None
+        self.local: LocalDataChannel | None = None  # set by RpcServer when it serves a local data channel
 
     def stats(self) -> ServerStats:
         """What the server holds and has done (see :class:`ServerStats`)."""
@@ -663,6 +665,29 @@ class _Dispatcher:
             )
         return live, prelude
 
+    def grant_local(self, context: flight.ServerCallContext, auth: AuthContext, token: bytes) -> bytes:
+        """Serve the ``__local_data__`` action: a grant to read the stream at ``token`` over the local socket.
+
+        The token is checked now (signature, expiry, principal, policy) so that a bad one fails
+        this authenticated call rather than the socket connection.
+        """
+        if self.local is None:
+            raise RequestRejectedError(
+                ErrorCode.UNIMPLEMENTED, "this server has no local data channel", wire.LOCAL_DATA_UNAVAILABLE_ERROR
+            )
+        live = self.resume_stream(context, auth, token)
+        live.watch.end()
+        if live.exchange:
+            raise RequestRejectedError(
+                ErrorCode.INVALID_ARGUMENT,
+                f"'{live.ctx.method}' is an exchange stream: the local data channel carries producers",
+                wire.WRONG_STREAM_KIND_ERROR,
+            )
+        try:
+            return self.local.grant(token, auth)
+        except RuntimeError as exc:
+            raise RequestRejectedError(ErrorCode.RESOURCE_EXHAUSTED, str(exc)) from None
+
     def cancel_from_token(self, context: flight.ServerCallContext, auth: AuthContext, token: bytes) -> list[bytes]:
         """Serve the ``__cancel__`` action: run ``on_cancel`` on the state a token carries."""
         live = self.resume_stream(context, auth, token)
@@ -758,6 +783,8 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
         actions.append((wire.DESCRIBE_ACTION, "Describe the service: methods, kinds and schemas (Arrow IPC)"))
         actions.append((wire.CANCEL_ACTION, "Cancel a stream: body is its latest state token"))
         actions.append((wire.HEALTH_ACTION, "Report serving status"))
+        if self._d.local is not None:
+            actions.append((wire.LOCAL_DATA_ACTION, "Grant to read a producer over the local socket: body is a token"))
         return actions
 
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
@@ -779,6 +806,8 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
                     return iter([self._d.describe_bytes()])
                 if name == wire.CANCEL_ACTION:
                     return iter(self._d.cancel_from_token(context, auth, body))
+                if name == wire.LOCAL_DATA_ACTION:
+                    return iter([self._d.grant_local(context, auth, body)])
                 return iter(self._d.call_unary(context, auth, name, body))
         except Exception as exc:
             raise self._d.to_flight_error(exc, f"DoAction {name}") from None
@@ -851,6 +880,29 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
                 yield from self._stream_output(live, prelude, empty, record)
         except Exception as exc:
             raise self._d.to_flight_error(exc, f"DoGet {live.ctx.method}") from None
+
+    def serve_local(self, call: LocalCall, token: bytes, auth: AuthContext, out: LocalStreamWriter) -> None:
+        """Serve one granted producer stream over the local data channel (on the channel's thread)."""
+        where = "local DoGet"
+        try:
+            with self._d.call("DoGet", call, activate=False) as record:
+                record.kind = "producer-local"
+                record.principal = auth.principal or ""
+                live = self._d.resume_stream(call, auth, token)
+                record.method = live.ctx.method
+                where = f"local DoGet {live.ctx.method}"
+                empty = live.empty_batch
+                out.begin(live.output_schema)
+                prelude = [wire.ready_metadata(live.token(), live.seq, None)]
+                with self._d.stream_call(live):
+                    for batch, metadata in self._stream_output(live, prelude, empty, record):
+                        out.write(batch, metadata)  # raises once the client closed its end: abandoned
+                out.end(empty)
+        except Exception as exc:
+            if call.gone:
+                log.debug("%s: client went away", where)
+                return
+            out.fail(self._d.to_flight_error(exc, where))
 
     def _stream_output(
         self,
@@ -990,6 +1042,7 @@ class RpcServer:
         metrics: bool = False,
         tracing: bool | TracerProvider = False,
         handler_deadline: float | None = None,
+        local_data: bool | str = False,
     ) -> None:
         """Build (and bind) the server; call :meth:`serve` to block or use it as a context manager.
 
@@ -1032,6 +1085,11 @@ class RpcServer:
                 drain end a hung handler, without waiting for the handler to return. ``None`` (the
                 default) runs handlers on the gRPC thread: fastest, but a hung handler holds its
                 call until it returns.
+            local_data: Serve producer streams to clients on this host over a Unix socket as well
+                (the local data channel: several times gRPC's throughput). ``True`` puts the socket
+                in a new private directory; a string is the socket path (e.g. on a volume shared
+                with a sidecar). Clients opt in with ``connect(..., local_data=True)``; Flight calls
+                still authenticate every stream.
 
         Raises:
             TypeError: The implementation does not fit the Protocol.
@@ -1075,6 +1133,9 @@ class RpcServer:
                 kwargs["root_certificates"] = root_certificates
         self._server = _FlightService(self._dispatcher, location, **kwargs)
         self._location = _bound_location(location, self._server.port)
+        if local_data:
+            path = local_data if isinstance(local_data, str) else None
+            self._dispatcher.local = LocalDataChannel(path, self._server.serve_local)
         self._stop = threading.Event()
         self._shutdown_lock = threading.Lock()
         self._stopper: threading.Thread | None = None
@@ -1083,6 +1144,11 @@ class RpcServer:
     def location(self) -> str:
         """The location clients connect to (with the real port when 0 was asked for)."""
         return self._location
+
+    @property
+    def local_data_path(self) -> str | None:
+        """The local data channel's socket path, or ``None`` without one."""
+        return self._dispatcher.local.path if self._dispatcher.local is not None else None
 
     @property
     def port(self) -> int:
@@ -1189,6 +1255,8 @@ class RpcServer:
                 self._dispatcher.draining = True
                 self._stopper = threading.Thread(target=self._server.shutdown, name="vgi-flight-shutdown", daemon=True)
                 self._stopper.start()
+        if self._dispatcher.local is not None:
+            self._dispatcher.local.close()
         self._stopper.join(timeout)
         if self._stopper.is_alive():
             log.warning("shutdown: %d call(s) still open after %s s; leaving them", self.live_calls, timeout)

@@ -15,6 +15,7 @@ See ``docs/wire-protocol.md`` for the normative description. In short:
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -33,18 +34,22 @@ WHOLE_BATCHES_KEY = b"vgi.whole_batches"
 DESCRIBE_ACTION = "__describe__"
 CANCEL_ACTION = "__cancel__"
 HEALTH_ACTION = "__health__"
-RESERVED_ACTIONS = (DESCRIBE_ACTION, CANCEL_ACTION, HEALTH_ACTION)
+LOCAL_DATA_ACTION = "__local_data__"
+RESERVED_ACTIONS = (DESCRIBE_ACTION, CANCEL_ACTION, HEALTH_ACTION, LOCAL_DATA_ACTION)
 ERROR_MARKER = '{"vgi_error"'
 # error_type of the UNAVAILABLE a draining server answers before running anything: safe to retry elsewhere.
 DRAINING_ERROR = "ServerDraining"
 # error_type of the INVALID_ARGUMENT for a stream opened with the RPC of the other kind (DoGet vs DoExchange).
 WRONG_STREAM_KIND_ERROR = "WrongStreamKind"
+# error_type of the UNIMPLEMENTED a server without a local data channel answers to __local_data__.
+LOCAL_DATA_UNAVAILABLE_ERROR = "LocalDataUnavailable"
 
 KIND_READY = "ready"
 KIND_DATA = "data"
 KIND_LOG = "log"
 KIND_CANCEL = "cancel"
 KIND_DATA_PART = "data_part"
+KIND_ERROR = "error"
 # gRPC's default receive limit is 4 MiB per message (Go, Rust, Java clients keep it); leave room for
 # the IPC header, app_metadata and protobuf framing.
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024 - 64 * 1024
@@ -389,6 +394,32 @@ def error_status(code: ErrorCode, error_type: str, message: str, traceback: str 
         body["traceback"] = traceback
     cls = _FLIGHT_ERROR_FOR.get(code, flight.FlightServerError)
     return cls(json.dumps(body, ensure_ascii=False))
+
+
+def error_metadata(error: flight.FlightError) -> bytes:
+    """The ``error`` message of a local data stream: ``error``'s JSON body with ``kind`` first."""
+    text = str(error)
+    start = text.find(ERROR_MARKER)
+    body: Any = None
+    if start >= 0:
+        with contextlib.suppress(ValueError):
+            body, _ = json.JSONDecoder().raw_decode(text, start)
+    if not isinstance(body, dict):
+        body = {"vgi_error": 1, "code": "UNKNOWN", "error_type": type(error).__name__, "error_message": text}
+    return json.dumps({"kind": KIND_ERROR, **body}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def error_from_metadata(metadata: bytes) -> flight.FlightError:
+    """The FlightError a DoGet would have raised for a local data stream's ``error`` message."""
+    try:
+        body = json.loads(metadata)
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict):
+        return error_status(ErrorCode.INTERNAL, "ProtocolError", "malformed error message on the local data channel")
+    body.pop("kind", None)
+    code = ErrorCode.parse(body.get("code"))
+    return _FLIGHT_ERROR_FOR.get(code, flight.FlightServerError)(json.dumps(body, ensure_ascii=False))
 
 
 def rpc_error_from_flight(exc: BaseException) -> RpcError:
