@@ -45,6 +45,9 @@ END_METADATA = b'{"kind":"end"}'
 _MAX_PENDING_GRANTS = 4096
 _MAX_UNGRANTED_CONNECTIONS = 64  # connections that have not presented a grant yet
 _GRANT_READ_SECONDS = 10.0
+# Unix sockets default to ~208 KiB of buffer: a 1 MiB batch then crosses in several writer/reader
+# hand-offs. 4 MiB measured ~1.3x the throughput (the kernel caps it at net.core.[wr]mem_max).
+_SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ class LocalStreamWriter:
     def __init__(self, sock: socket.socket, call: LocalCall) -> None:
         """Write to ``sock``; a failed write marks ``call`` gone (the client closed its end)."""
         self._call = call
+        _widen(sock, socket.SO_SNDBUF)
         self._file = sock.makefile("wb", buffering=0)
         self._writer: Any = None  # pa.ipc.RecordBatchStreamWriter once begun
         self._schema = pa.schema([])
@@ -256,6 +260,11 @@ class LocalDataChannel:
             shutil.rmtree(self._own_directory, ignore_errors=True)
 
 
+def _widen(sock: socket.socket, option: int) -> None:
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER_BYTES)
+
+
 def _is_socket(path: str) -> bool:
     return stat.S_ISSOCK(os.lstat(path).st_mode)
 
@@ -315,6 +324,7 @@ class LocalStreamReader:
             OSError: The socket cannot be reached (not on this host, or not permitted): use Flight.
         """
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        _widen(self._sock, socket.SO_RCVBUF)
         try:
             self._sock.settimeout(timeout)
             self._sock.connect(path)
