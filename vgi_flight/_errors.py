@@ -74,5 +74,31 @@ class RpcError(Exception):
         return (type(self), (self.error_type, self.error_message, self.remote_traceback), {"code": self.code})
 
 
+class RequestRejectedError(Exception):
+    """The framework refused a request (bad input, unknown method, ...) or ended its call.
+
+    Server-side only: the client receives it as :class:`RpcError` with the same code, error type
+    and message.
+    """
+
+    def __init__(self, code: ErrorCode, message: str, error_type: str = "") -> None:
+        """Refuse with ``code``; ``error_type`` defaults to a name for the code (e.g. ``InvalidArgument``)."""
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.error_type = error_type or _DEFAULT_TYPE.get(code, "RpcError")
+
+
+_DEFAULT_TYPE = {
+    ErrorCode.INVALID_ARGUMENT: "InvalidArgument",
+    ErrorCode.UNIMPLEMENTED: "UnknownMethod",
+    ErrorCode.UNAUTHENTICATED: "Unauthenticated",
+    ErrorCode.PERMISSION_DENIED: "PermissionDenied",
+    ErrorCode.FAILED_PRECONDITION: "ProtocolError",
+    ErrorCode.RESOURCE_EXHAUSTED: "ResourceExhausted",
+    ErrorCode.INTERNAL: "InternalError",
+}
+
+
 class ProtocolError(ValueError):
     """A peer broke the vgi-flight protocol (bad framing, misuse of a closed stream, ...)."""

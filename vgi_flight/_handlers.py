@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
-from vgi_flight._errors import ErrorCode
+from vgi_flight._errors import ErrorCode, RequestRejectedError
 
 T = TypeVar("T")
 
@@ -27,14 +27,8 @@ class _FlightContext(Protocol):
     def is_cancelled(self) -> bool: ...
 
 
-class HandlerEndedError(Exception):
-    """The call was ended while its handler was still running."""
-
-    def __init__(self, code: ErrorCode, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.error_type = error_type
-        self.message = message
+class HandlerEndedError(RequestRejectedError):
+    """The call was ended while its handler was still running (its watch is ended)."""
 
 
 class CallWatch:
@@ -151,19 +145,19 @@ class HandlerPool:
                     self.timed_out += 1
                 raise HandlerEndedError(
                     ErrorCode.DEADLINE_EXCEEDED,
-                    "DeadlineExceeded",
                     f"the handler did not finish within {self.deadline} s",
+                    "DeadlineExceeded",
                 )
             if ending():
                 self._abandon(job, watch)
                 raise HandlerEndedError(
                     ErrorCode.UNAVAILABLE,
-                    "Unavailable",
                     "server is shutting down: resume the stream on another replica",
+                    "Unavailable",
                 )
             if watch.cancelled():
                 self._abandon(job, watch)
-                raise HandlerEndedError(ErrorCode.CANCELLED, "Cancelled", "the client went away")
+                raise HandlerEndedError(ErrorCode.CANCELLED, "the client went away", "Cancelled")
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]  # set when no error was raised
