@@ -35,7 +35,7 @@ from vgi_flight._auth import (
 )
 from vgi_flight._compact import state_from_bytes, state_to_bytes
 from vgi_flight._context import AuthContext, CallContext
-from vgi_flight._errors import ErrorCode, RpcError
+from vgi_flight._errors import ErrorCode, RequestRejectedError, RpcError
 from vgi_flight._gil import pin_thread_state
 from vgi_flight._handlers import CallWatch, HandlerEndedError, HandlerPool
 from vgi_flight._local import LocalCall, LocalDataChannel, LocalStreamWriter
@@ -74,26 +74,6 @@ _TICK = AnnotatedBatch(pa.RecordBatch.from_pydict({}))
 _VOID_RESULT = wire.ipc_bytes(pa.RecordBatch.from_pydict({}))
 
 
-class RequestRejectedError(Exception):
-    """A request was refused by the framework (bad input, unknown method, ...)."""
-
-    def __init__(self, code: ErrorCode, message: str, error_type: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.error_type = error_type or _DEFAULT_TYPE.get(code, "RpcError")
-
-
-_DEFAULT_TYPE = {
-    ErrorCode.INVALID_ARGUMENT: "InvalidArgument",
-    ErrorCode.UNIMPLEMENTED: "UnknownMethod",
-    ErrorCode.UNAUTHENTICATED: "Unauthenticated",
-    ErrorCode.PERMISSION_DENIED: "PermissionDenied",
-    ErrorCode.FAILED_PRECONDITION: "ProtocolError",
-    ErrorCode.RESOURCE_EXHAUSTED: "ResourceExhausted",
-    ErrorCode.INTERNAL: "InternalError",
-}
-
 # Exceptions a service raises that map to a specific code rather than UNKNOWN.
 _CODE_FOR_EXCEPTION: tuple[tuple[type[BaseException], ErrorCode], ...] = (
     (PermissionError, ErrorCode.PERMISSION_DENIED),
@@ -125,11 +105,12 @@ class _LiveStream:
     init_logs: list[Message] = field(default_factory=list)
     cancelled: bool = False
     _empty: pa.RecordBatch | None = None
+    # Whether data batches go out whole (the opening client asked for it), never sliced.
+    whole_batches: bool = field(init=False)
 
-    @property
-    def whole_batches(self) -> bool:
-        """Whether data batches go out whole (the opening client asked for it), never sliced."""
-        return self.signer.binding.whole_batches
+    def __post_init__(self) -> None:
+        self.whole_batches = self.signer.binding.whole_batches
+
 
     @property
     def empty_batch(self) -> pa.RecordBatch:
@@ -287,7 +268,7 @@ class _Dispatcher:
             return exc  # already converted further down the stack
         tb = "".join(traceback.format_exception(exc)) if self.send_tracebacks else ""
         code = _error_code(exc)
-        if isinstance(exc, RequestRejectedError | HandlerEndedError):
+        if isinstance(exc, RequestRejectedError):
             log.info("%s refused: %s %s", where, code.value, exc.message)
             return wire.error_status(code, exc.error_type, exc.message, tb)
         if isinstance(exc, RpcError):
@@ -915,14 +896,24 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
             yield empty, metadata
         # No context.is_cancelled() per batch: it costs ~80 us inside a streaming call, and a client
         # that goes away makes pyarrow close this generator (GeneratorExit) at the next yield anyway.
+        # Lookups are hoisted: this loop runs once per batch, cold after every gRPC write.
+        dispatcher = self._d
+        invoke = dispatcher.turn_invoke
+        data_messages = dispatcher.data_messages
         while True:
-            self._d.check_not_ending()
-            out = live.turn(_TICK, self._d.turn_invoke)
-            for msg in out.logs:
-                yield empty, wire.log_json(msg)
+            if dispatcher.ending:
+                dispatcher.check_not_ending()
+            out = live.turn(_TICK, invoke)
+            if out.logs:
+                for msg in out.logs:
+                    yield empty, wire.log_json(msg)
             data = out.data
             if data is not None:
-                yield from self._d.data_messages(live, data, record)
+                messages = data_messages(live, data, record)
+                if len(messages) == 1:
+                    yield messages[0]
+                else:
+                    yield from messages
             if out.finished:
                 return
 
@@ -1272,7 +1263,7 @@ class RpcServer:
 
 def _error_code(exc: BaseException) -> ErrorCode:
     """The code a failed call reports to its client (also what the access log and metrics record)."""
-    if isinstance(exc, RequestRejectedError | RpcError | HandlerEndedError):
+    if isinstance(exc, RequestRejectedError | RpcError):
         return exc.code
     if isinstance(exc, TokenError):
         return ErrorCode.UNAUTHENTICATED
