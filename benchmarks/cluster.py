@@ -20,10 +20,7 @@ import argparse
 import json
 import logging
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -32,40 +29,23 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
 from benchmarks.nginx import grpc_front
-from benchmarks.services import BenchService, bulk_batch
+from benchmarks.services import BenchService, ServerChild, bulk_batch
 from vgi_flight import StreamSession, connect
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLIENT_LOG = "vgi_flight.client"  # the client logs "stream ... broke at ..." when it starts a resume
 
 
 # --- processes -----------------------------------------------------------------------------------
 
 
-class Replica:
+class Replica(ServerChild):
     """One ``benchmarks.services vgi`` server process."""
 
     def __init__(self) -> None:
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.services", "vgi"], stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT
-        )
-        assert self.proc.stdout is not None
-        self.location = self.proc.stdout.readline().strip()
-        if not self.location.startswith("grpc://"):
-            self.stop()
-            raise RuntimeError(f"replica did not start (printed {self.location!r})")
-        self.port = int(self.location.rsplit(":", 1)[1])
-
-    def kill(self) -> None:
-        """SIGKILL: no draining, no goodbye; the way a machine or a container dies."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        super().__init__("vgi")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
+        self.kill()
 
 
 def nginx_front(replicas: Sequence[Replica], buffer: str | None = None) -> AbstractContextManager[str]:

@@ -281,36 +281,54 @@ class RawServer(flight.FlightServerBase):  # type: ignore[misc]
             writer.write_batch(chunk.data)
 
 
-@dataclass(frozen=True)
 class ServerChild:
-    """A ``benchmarks.services`` server running in a child process."""
+    """A ``python -m benchmarks.services which options...`` server in a child process on loopback."""
 
-    location: str
-    pid: int
+    def __init__(self, which: str, *options: str) -> None:
+        """Start it and read the location it prints.
+
+        Raises:
+            RuntimeError: The server exited before printing its location.
+        """
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.services", which, *options],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=root,
+        )
+        assert self.proc.stdout is not None
+        self.location = self.proc.stdout.readline().strip()
+        self.pid = self.proc.pid
+        if not self.location:
+            code = self.proc.wait()
+            self.proc.stdout.close()
+            raise RuntimeError(f"benchmarks.services {which} exited with {code}")
+
+    @property
+    def port(self) -> int:
+        """The TCP port of its location."""
+        return int(self.location.rsplit(":", 1)[1])
+
+    def kill(self) -> None:
+        """SIGKILL: no draining, no goodbye; the way a machine or a container dies."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 @contextlib.contextmanager
 def server_process(which: str, *options: str) -> Iterator[ServerChild]:
-    """``python -m benchmarks.services which options...`` in a child process on loopback; killed on exit."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.services", which, *options],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=root,
-    )
-    assert proc.stdout is not None
-    location = proc.stdout.readline().strip()
+    """A :class:`ServerChild` for the ``with`` block; killed on exit."""
+    child = ServerChild(which, *options)
     try:
-        if not location:
-            raise RuntimeError(f"benchmarks.services {which} exited with {proc.wait()}")
-        yield ServerChild(location, proc.pid)
+        yield child
     finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
+        child.kill()
 
 
 def main() -> None:
