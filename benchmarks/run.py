@@ -276,6 +276,9 @@ class Row:
     target: str = ""
     met: bool | None = None  # every target of the row (raw and vgi-rpc) met; None: nothing to check
     misses: list[str] = field(default_factory=list)
+    # Median over rounds of vgi-flight / raw within the round (the two ran back to back): less
+    # sensitive than ratio_raw to slow phases of the machine that last several transfers.
+    paired_raw: float | None = None
 
 
 def converter(w: Workload, sizes: Sizes) -> Callable[[float], float]:
@@ -339,9 +342,22 @@ def rows_of(results: dict[str, dict[str, dict[str, Cell]]], workloads: Sequence[
                 {t: ratio(figs[n]) for t, n in zip(TRANSPORTS, RPC, strict=True)},
                 higher,
             )
+            row.paired_raw = paired_ratio(cells[VGI], cells[RAW], converter(w, sizes))
             check_targets(row, w)
             rows.append(row)
     return rows
+
+
+def paired_ratio(vgi: Cell, raw: Cell, convert: Callable[[float], float]) -> float | None:
+    """Median over rounds of the ratio of the two sides' medians in that round."""
+    pairs = [
+        statistics.median(convert(s) for s in a) / statistics.median(convert(s) for s in b)
+        for a, b in zip(vgi.rounds, raw.rounds, strict=False)
+        if a and b
+    ]
+    if vgi.note is not None or raw.note is not None or not pairs:
+        return None
+    return statistics.median(pairs)
 
 
 def ahead(ratio: float, higher_is_better: bool) -> bool:
@@ -456,7 +472,7 @@ def table_lines(rows: list[Row], markdown: bool = False) -> list[str]:
                 row.unit,
                 with_spread(row.figures[VGI], row.notes.get(VGI)),
                 with_spread(row.figures[RAW], row.notes.get(RAW)),
-                times(row.ratio_raw),
+                times(row.ratio_raw) + (f" ({times(row.paired_raw)} paired)" if row.paired_raw is not None else ""),
                 row.target,
                 met,
                 *(rpc_ratio(row, t) for t in TRANSPORTS),
