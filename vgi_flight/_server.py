@@ -111,7 +111,6 @@ class _LiveStream:
     def __post_init__(self) -> None:
         self.whole_batches = self.signer.binding.whole_batches
 
-
     @property
     def empty_batch(self) -> pa.RecordBatch:
         """Zero-row batch of the output schema, used to carry metadata-only messages."""
