@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import socket
 import threading
@@ -21,6 +22,7 @@ import pytest
 
 from vgi_flight import (
     AnnotatedBatch,
+    ArrowSerializableDataclass,
     CallContext,
     ExchangeState,
     HmacAuth,
@@ -86,15 +88,28 @@ class EchoState(ExchangeState):
         out.emit(input.batch)
 
 
+@dataclass
+class Header(ArrowSerializableDataclass):
+    rows: int
+    label: str
+
+
 class LocalService(Protocol):
     def count(self, limit: int, fail_at: int = -1, log_every: int = 0) -> Stream[StreamState]: ...
+    def labelled(self, limit: int) -> Stream[StreamState, Header]: ...
     def held(self, limit: int) -> Stream[StreamState]: ...
     def echo(self) -> Stream[StreamState]: ...
 
 
 class LocalServiceImpl:
     def count(self, limit: int, fail_at: int = -1, log_every: int = 0) -> Stream[CountState]:
+        if limit < 0:
+            raise ValueError("limit must not be negative")
         return Stream(output_schema=SCHEMA, state=CountState(limit, fail_at, log_every))
+
+    def labelled(self, limit: int, *, ctx: CallContext) -> Stream[CountState, Header]:
+        ctx.client_log(Level.INFO, "opening labelled")
+        return Stream(output_schema=SCHEMA, state=CountState(limit), header=Header(limit * 1000, f"{limit} batches"))
 
     def held(self, limit: int) -> Stream[HeldState]:
         return Stream(output_schema=SCHEMA, state=HeldState(limit))
@@ -134,6 +149,32 @@ def test_producer_over_the_local_channel_matches_flight(server: RpcServer) -> No
     assert os.stat(server.local_data_path).st_mode & 0o077 == 0
 
 
+def test_later_streams_open_on_the_channel_in_one_call(server: RpcServer, caplog: pytest.LogCaptureFixture) -> None:
+    logs: list[str] = []
+    caplog.set_level(logging.INFO, logger="vgi_flight.access")
+    with connect(LocalService, server.location, local_data=True, on_log=lambda m: logs.append(m.message)) as svc:
+        first = svc.labelled(limit=3)
+        assert first.header == Header(3000, "3 batches")
+        assert rows_of(first) == expected_rows(3)
+        caplog.clear()
+        second = svc.labelled(limit=4)  # the proxy knows it is a producer now
+        assert second.header == Header(4000, "4 batches")
+        assert rows_of(second) == expected_rows(4)
+
+    def calls() -> list[tuple[str, str, str, int]]:
+        records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "vgi_flight.access"]
+        return [(c["rpc"], c["kind"], c["method"], c["rows_out"]) for c in records]
+
+    # The server logs a stream once it has sent its end: poll (boundedly) for the second one.
+    for _ in range(200):
+        if ("DoGet", "producer-local", "labelled", 4000) in calls():
+            break
+        threading.Event().wait(0.05)
+    second_calls = [c for c in calls() if c[3] != 3000]  # the first stream's record may land late
+    assert second_calls == [("DoAction", "action", "__local_data__", 0), ("DoGet", "producer-local", "labelled", 4000)]
+    assert logs == ["opening labelled", "opening labelled"]
+
+
 def test_session_token_advances_with_local_batches(server: RpcServer) -> None:
     with connect(LocalService, server.location, local_data=True) as svc:
         session = svc.count(limit=10)
@@ -147,6 +188,15 @@ def test_session_token_advances_with_local_batches(server: RpcServer) -> None:
     reader = flight.FlightClient(server.location).do_get(flight.Ticket(token))
     rest = [c.data for c in reader if c.data is not None and c.data.num_rows]
     assert [r for b in rest for r in b.column("i").to_pylist()] == list(range(4000, 10000))
+
+
+def test_errors_opening_on_the_channel_are_typed(server: RpcServer) -> None:
+    with connect(LocalService, server.location, local_data=True) as svc:
+        assert rows_of(svc.count(limit=1)) == expected_rows(1)  # now known to be a producer
+        with pytest.raises(RpcError) as info:
+            svc.count(limit=-1)  # opens on the channel in one call; the method refuses
+    assert info.value.error_type == "ValueError"
+    assert info.value.error_message == "limit must not be negative"
 
 
 def test_errors_reach_the_client_typed_and_without_traceback(server: RpcServer) -> None:
@@ -300,6 +350,24 @@ def test_raw_wire_grant_stream_and_end(server: RpcServer) -> None:
     # The last data message's token resumes past the end: the stream is complete.
     last = base64.b64decode(data[-1][1]["token"])
     assert [m["kind"] for _, m in _read_raw(*_grant(server.location, last))] == ["ready", "end"]
+
+
+def test_raw_wire_call_request_opens_the_stream_on_the_channel(server: RpcServer) -> None:
+    request = encode_call("labelled", pa.record_batch({"limit": [2]}))
+    messages = _read_raw(*_grant(server.location, request))
+    assert [m["kind"] for _, m in messages] == ["log", "ready", "data", "data", "end"]
+    ready = messages[1][1]
+    assert ready["stream"] == "producer"
+    assert ready["seq"] == 0
+    header = pa.ipc.open_stream(base64.b64decode(ready["header"])).read_all().to_pylist()
+    assert header == [{"rows": 2000, "label": "2 batches"}]
+    # An exchange's call request gets a grant (its kind is known once it runs), then the refusal.
+    ((_, error),) = _read_raw(*_grant(server.location, encode_call("echo", pa.record_batch({}))))
+    assert (error["kind"], error["code"], error["error_type"]) == ("error", "INVALID_ARGUMENT", "WrongStreamKind")
+    client = flight.FlightClient(server.location)
+    unknown = encode_call("nope", pa.record_batch({}))
+    with pytest.raises(flight.FlightError, match="UnknownMethod"):
+        list(client.do_action(flight.Action("__local_data__", unknown)))
 
 
 def test_raw_wire_grant_is_single_use_and_bad_grants_are_refused(server: RpcServer) -> None:

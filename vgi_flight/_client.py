@@ -222,6 +222,44 @@ def _custom_metadata(meta: dict[str, Any]) -> pa.KeyValueMetadata | None:
     return pa.KeyValueMetadata(custom) if isinstance(custom, dict) and custom else None
 
 
+def _local_reader(
+    t: _Transport, location: str, request: bytes, trace_context: Context | None
+) -> LocalStreamReader | None:
+    """Ask ``location`` for a local data grant for ``request`` (a token or a call request) and connect.
+
+    Returns ``None``, and remembers it for the location, when the server has no local data channel
+    or its socket cannot be reached from here.
+
+    Raises:
+        flight.FlightError: The grant call failed otherwise (refused, or broke in transport).
+        RpcError: The grant is malformed.
+    """
+    payload = request_payload("DoAction", request, wire.LOCAL_DATA_ACTION)
+    try:
+        results = list(
+            t.pool.client(location).do_action(
+                flight.Action(wire.LOCAL_DATA_ACTION, request), t.options("DoAction", payload, trace_context)
+            )
+        )
+    except (flight.FlightError, pa.ArrowException) as exc:
+        # UNIMPLEMENTED: no channel (LocalDataUnavailable), or a server that predates the action.
+        if wire.rpc_error_from_flight(exc).code is ErrorCode.UNIMPLEMENTED:
+            t.no_local_data.add(location)
+            return None
+        raise
+    try:
+        grant = wire.parse_metadata(results[0].body) if results else {}
+        path, secret = str(grant["path"]), wire.unb64(grant.get("grant"), "grant")
+    except (KeyError, wire.WireError):
+        raise _protocol_error("malformed __local_data__ result") from None
+    try:
+        return LocalStreamReader(path, secret, t.timeout)
+    except OSError as exc:  # not on this host, or not allowed to use the socket: read over Flight
+        log.info("local data channel %s of %s unreachable (%s); reading over Flight", path, location, exc)
+        t.no_local_data.add(location)
+        return None
+
+
 class StreamSession:
     """The client side of one stream.
 
@@ -347,39 +385,16 @@ class StreamSession:
             self._get_reader = self._opened_reader = reader
 
     def _open_local(self, token: bytes) -> LocalStreamReader | None:
-        """Open the stream at ``token`` on the server's local data channel; ``None`` when it has none here.
+        """Resume the stream at ``token`` on the server's local data channel; ``None`` when it has none here.
 
         Raises:
             _BrokenError: The grant call broke in transport.
             RpcError: The server refused the grant for another reason (e.g. an expired token).
         """
-        t = self._t
-        location = self._location
-        payload = request_payload("DoAction", token, wire.LOCAL_DATA_ACTION)
         try:
-            results = list(
-                t.pool.client(location).do_action(
-                    flight.Action(wire.LOCAL_DATA_ACTION, token), t.options("DoAction", payload, self._trace_context)
-                )
-            )
-            grant = wire.parse_metadata(results[0].body) if results else {}
-            path, secret = str(grant["path"]), wire.unb64(grant.get("grant"), "grant")
+            return _local_reader(self._t, self._location, token, self._trace_context)
         except (flight.FlightError, pa.ArrowException) as exc:
-            error = wire.rpc_error_from_flight(exc)
-            if error.error_type in (wire.LOCAL_DATA_UNAVAILABLE_ERROR, "UNIMPLEMENTED") or (
-                error.code is ErrorCode.UNIMPLEMENTED and wire.ERROR_MARKER not in str(exc)
-            ):
-                t.no_local_data.add(location)
-                return None
             raise self._classify(exc) from None
-        except (KeyError, wire.WireError):
-            raise _protocol_error("malformed __local_data__ result") from None
-        try:
-            return LocalStreamReader(path, secret, t.timeout)
-        except OSError as exc:  # not on this host, or not allowed to use the socket: read over Flight
-            log.info("local data channel %s of %s unreachable (%s); reading over Flight", path, location, exc)
-            t.no_local_data.add(location)
-            return None
 
     def _read_producer(self) -> Iterator[AnnotatedBatch]:
         """Read the producer from the current position; raise :class:`_BrokenError` when the call breaks."""
@@ -698,7 +713,9 @@ class _Proxy:
             request = wire.encode_call(desc.name, encode_params(desc, kwargs), whole_batches=True)
             exchange = self._exchange_kind.get(desc.name)
             if exchange is False and self._t.local_data:
-                exchange = None  # a producer read locally opens with GetFlightInfo; its DoGet is not needed
+                session = self._open_local_single_call(desc, request)
+                if session is not None:
+                    return session
             if exchange is not None:
                 try:
                     return self._open_single_call(desc, request, exchange)
@@ -755,6 +772,51 @@ class _Proxy:
             trace_context=trace_context,
         )
         session._adopt(writer, reader)
+        return session
+
+    def _open_local_single_call(self, desc: MethodDescription, request: bytes) -> StreamSession | None:
+        """Open a producer on the server's local data channel with its call request; read up to ``ready``.
+
+        Returns ``None`` when the channel is not there for the chosen location (no channel, or its
+        socket is not reachable from here): the caller opens the stream over Flight instead.
+        """
+        t = self._t
+        location = t.pool.pick()
+        if location in t.no_local_data:
+            return None
+        with t.span("DoAction", desc.name) as trace_context:
+            try:
+                reader = _local_reader(t, location, request, trace_context)
+            except (flight.FlightError, pa.ArrowException) as exc:
+                raise wire.rpc_error_from_flight(exc) from None
+            if reader is None:
+                return None
+            try:
+                ready = _read_ready(reader, t.on_log)  # a Flight-shaped reader
+                output_schema = reader.schema
+            except (flight.FlightError, pa.ArrowException) as exc:
+                reader.cancel()
+                raise wire.rpc_error_from_flight(exc) from None
+            except BaseException:
+                reader.cancel()
+                raise
+        if ready.get("stream", "producer") != "producer":
+            reader.cancel()
+            raise _protocol_error(f"'{desc.name}' opened as the wrong kind of stream")
+        session = StreamSession(
+            t,
+            method=desc.name,
+            exchange=False,
+            token=wire.unb64(ready.get("token"), "token"),
+            seq=int(ready.get("seq", 0)),
+            output_schema=output_schema,
+            input_schema=pa.schema([]),
+            header=_decode_header(desc, ready),
+            location=location,
+            endpoints=[],
+            trace_context=trace_context,
+        )
+        session._adopt(None, reader)  # a Flight-shaped reader
         return session
 
     def _open_with_flight_info(self, desc: MethodDescription, request: bytes) -> StreamSession:

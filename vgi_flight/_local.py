@@ -2,11 +2,11 @@
 
 gRPC caps a producer stream at a fraction of what the machine can move: every batch is framed
 into HTTP/2 and copied again on the client. A client on the server's host can instead ask for a
-*grant* over an authenticated Flight call (``__local_data__`` with the stream's latest token),
-connect to the server's local socket, present the grant, and read the stream as a plain Arrow IPC
-stream: the same batches and the same app_metadata (tokens, logs) as DoGet carries, one per IPC
-message. The grant is single-use, short-lived, random, and stored only as its SHA-256, so the
-socket adds no way in that the Flight call did not already check.
+*grant* over an authenticated Flight call (``__local_data__`` with the stream's latest token, or
+with its call request to open it), connect to the server's local socket, present the grant, and
+read the stream as a plain Arrow IPC stream: the same batches and the same app_metadata (tokens,
+logs) as DoGet carries, one per IPC message. The grant is single-use, short-lived, random, and
+stored only as its SHA-256, so the socket adds no way in that the Flight call did not already check.
 
 The stream ends with an ``end`` message before the IPC end-of-stream marker: a connection that
 closes without it broke (the server died), and the client resumes from its last token.
@@ -52,7 +52,7 @@ _SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 
 @dataclass(frozen=True)
 class _Grant:
-    token: bytes
+    request: bytes  # a state token or a call request, as a DoGet ticket
     auth: AuthContext
     expires_at: float
 
@@ -154,7 +154,7 @@ class LocalDataChannel:
         Args:
             path: Socket path. Its directory must exist; only the server's user may use the socket
                 (mode 0600) unless the operator changes it.
-            serve: Runs one granted stream: ``serve(call, token, auth, writer)``.
+            serve: Runs one granted stream: ``serve(call, request, auth, writer)``.
         """
         self._own_directory = None if path is not None else tempfile.mkdtemp(prefix="vgi-flight-local-")
         self.path = path if path is not None else os.path.join(self._own_directory or "", "data.sock")
@@ -174,8 +174,8 @@ class LocalDataChannel:
         self._thread = threading.Thread(target=self._accept_loop, name="vgi-flight-local", daemon=True)
         self._thread.start()
 
-    def grant(self, token: bytes, auth: AuthContext) -> bytes:
-        """Register a grant to read the stream at ``token`` as ``auth``; return the action's result body.
+    def grant(self, request: bytes, auth: AuthContext) -> bytes:
+        """Register a grant to read the stream ``request`` names as ``auth``; return the action's result body.
 
         Raises:
             RuntimeError: Too many grants are outstanding (the caller reports RESOURCE_EXHAUSTED).
@@ -187,7 +187,7 @@ class LocalDataChannel:
                 self._grants = {k: g for k, g in self._grants.items() if g.expires_at > now}
                 if len(self._grants) >= _MAX_PENDING_GRANTS:
                     raise RuntimeError("too many local data grants outstanding")
-            self._grants[hashlib.sha256(secret).digest()] = _Grant(token, auth, now + GRANT_TTL_SECONDS)
+            self._grants[hashlib.sha256(secret).digest()] = _Grant(request, auth, now + GRANT_TTL_SECONDS)
         return json.dumps({"path": self.path, "grant": wire.b64(secret), "expires_in": GRANT_TTL_SECONDS}).encode()
 
     def _take(self, secret: bytes) -> _Grant | None:
@@ -232,7 +232,7 @@ class LocalDataChannel:
                     )
                 )
                 return
-            self._serve(call, grant.token, grant.auth, writer)
+            self._serve(call, grant.request, grant.auth, writer)
         except (OSError, ValueError) as exc:
             log.debug("local data connection ended: %s", exc)
         finally:

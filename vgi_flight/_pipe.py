@@ -20,7 +20,8 @@ def serve_pipe(protocol: Callable[..., P], implementation: object, *, on_log: On
     """Serve ``implementation`` in-process and yield a proxy typed as ``protocol``.
 
     The server listens on a Unix socket in a private temporary directory (mode 0700), so only
-    this user can reach it. Server and connection are closed together on exit.
+    this user can reach it, and hands producer streams out over its local data channel beside it
+    (several times gRPC's throughput). Server and connection are closed together on exit.
 
     Args:
         protocol: The service Protocol class.
@@ -33,8 +34,14 @@ def serve_pipe(protocol: Callable[..., P], implementation: object, *, on_log: On
     directory = tempfile.mkdtemp(prefix="vgi-flight-")
     os.chmod(directory, 0o700)
     location = f"grpc+unix://{os.path.join(directory, 's')}"
-    server = RpcServer(cast(type, protocol), implementation, location, token_key=os.urandom(32)).start()
-    connection = connect(protocol, location, on_log=on_log)
+    server = RpcServer(
+        cast(type, protocol),
+        implementation,
+        location,
+        token_key=os.urandom(32),
+        local_data=os.path.join(directory, "data"),
+    ).start()
+    connection = connect(protocol, location, on_log=on_log, local_data=True)
     try:
         yield connection.proxy
     finally:

@@ -645,26 +645,33 @@ class _Dispatcher:
             )
         return live, prelude
 
-    def grant_local(self, context: flight.ServerCallContext, auth: AuthContext, token: bytes) -> bytes:
-        """Serve the ``__local_data__`` action: a grant to read the stream at ``token`` over the local socket.
+    def grant_local(self, context: flight.ServerCallContext, auth: AuthContext, request: bytes) -> bytes:
+        """Serve the ``__local_data__`` action: a grant to read a producer over the local socket.
 
-        The token is checked now (signature, expiry, principal, policy) so that a bad one fails
+        ``request`` is what a ``DoGet`` ticket may be: a state token (checked now: signature,
+        expiry, principal, policy) or a call request (method and policy checked now; the method
+        runs when the grant is used, as a single-call ``DoGet`` runs it), so that a bad one fails
         this authenticated call rather than the socket connection.
         """
         if self.local is None:
             raise RequestRejectedError(
                 ErrorCode.UNIMPLEMENTED, "this server has no local data channel", wire.LOCAL_DATA_UNAVAILABLE_ERROR
             )
-        live = self.resume_stream(context, auth, token)
-        live.watch.end()
-        if live.exchange:
-            raise RequestRejectedError(
-                ErrorCode.INVALID_ARGUMENT,
-                f"'{live.ctx.method}' is an exchange stream: the local data channel carries producers",
-                wire.WRONG_STREAM_KIND_ERROR,
-            )
+        if wire.is_token(request):
+            live = self.resume_stream(context, auth, request)
+            live.watch.end()
+            if live.exchange:
+                raise RequestRejectedError(
+                    ErrorCode.INVALID_ARGUMENT,
+                    f"'{live.ctx.method}' is an exchange stream: the local data channel carries producers",
+                    wire.WRONG_STREAM_KIND_ERROR,
+                )
+        else:
+            name, _ = wire.decode_call(request)
+            self.lookup(name, MethodKind.STREAM)
+            self.authorize(auth, name)
         try:
-            return self.local.grant(token, auth)
+            return self.local.grant(request, auth)
         except RuntimeError as exc:
             raise RequestRejectedError(ErrorCode.RESOURCE_EXHAUSTED, str(exc)) from None
 
@@ -861,19 +868,22 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
         except Exception as exc:
             raise self._d.to_flight_error(exc, f"DoGet {live.ctx.method}") from None
 
-    def serve_local(self, call: LocalCall, token: bytes, auth: AuthContext, out: LocalStreamWriter) -> None:
-        """Serve one granted producer stream over the local data channel (on the channel's thread)."""
+    def serve_local(self, call: LocalCall, request: bytes, auth: AuthContext, out: LocalStreamWriter) -> None:
+        """Serve one granted producer stream over the local data channel (on the channel's thread).
+
+        ``request`` is the granted token or call request: the stream resumes or opens as ``DoGet``
+        would, and its messages go out as Arrow IPC instead of Flight data.
+        """
         where = "local DoGet"
         try:
             with self._d.call("DoGet", call, activate=False) as record:
                 record.kind = "producer-local"
                 record.principal = auth.principal or ""
-                live = self._d.resume_stream(call, auth, token)
+                live, prelude = self._d.stream_from(call, auth, request, exchange=False)
                 record.method = live.ctx.method
                 where = f"local DoGet {live.ctx.method}"
                 empty = live.empty_batch
                 out.begin(live.output_schema)
-                prelude = [wire.ready_metadata(live.token(), live.seq, None)]
                 with self._d.stream_call(live):
                     for batch, metadata in self._stream_output(live, prelude, empty, record):
                         out.write(batch, metadata)  # raises once the client closed its end: abandoned
