@@ -286,6 +286,41 @@ def test_stream_resumes_on_another_replica_when_the_channel_closes() -> None:
         b.shutdown(10)
 
 
+def test_drained_replica_hands_local_streams_off() -> None:
+    RELEASE.clear()
+    a = RpcServer(LocalService, LocalServiceImpl(), token_key=KEY, local_data=True)
+    b = RpcServer(LocalService, LocalServiceImpl(), token_key=KEY, local_data=True)
+    try:
+        with connect(LocalService, [a.location, b.location], local_data=True) as svc:
+            got: list[int] = []
+            drained: list[RpcServer] = []
+            for batch in svc.held(limit=8):
+                got.append(batch.batch.column("i")[0].as_py())
+                if len(got) == 3:
+                    # Drain the serving replica with no deadline: its stream ends at its next turn
+                    # with UNAVAILABLE, and the client resumes it on the other replica.
+                    serving = a if a.stats().open_streams else b
+                    drained.append(serving)
+                    threading.Thread(target=serving.drain, kwargs={"deadline": 0, "grace": 10}, daemon=True).start()
+                    for _ in range(200):
+                        if serving._dispatcher.ending:
+                            break
+                        threading.Event().wait(0.05)
+                    RELEASE.set()
+        assert got == list(range(8))
+        for _ in range(200):
+            if drained[0].stats().streams_handed_off == 1:
+                break
+            threading.Event().wait(0.05)
+        assert drained[0].stats().streams_handed_off == 1
+        other = b if drained[0] is a else a
+        assert other.stats().streams_completed == 1
+    finally:
+        RELEASE.set()
+        a.shutdown(10)
+        b.shutdown(10)
+
+
 def test_hmac_protects_the_grant() -> None:
     auth = ServerAuth(hmac_keys={"k1": HmacKey(b"s" * 32, "alice")})
     with RpcServer(LocalService, LocalServiceImpl(), token_key=KEY, local_data=True, auth=auth) as srv:
