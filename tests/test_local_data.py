@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -132,6 +132,20 @@ def server() -> Iterator[RpcServer]:
         yield srv
 
 
+@pytest.fixture
+def replicas() -> Iterator[tuple[RpcServer, RpcServer]]:
+    """Two replicas sharing the token key, each with a local data channel; `held` streams wait for RELEASE."""
+    RELEASE.clear()
+    a = RpcServer(LocalService, LocalServiceImpl(), token_key=KEY, local_data=True)
+    b = RpcServer(LocalService, LocalServiceImpl(), token_key=KEY, local_data=True)
+    try:
+        yield a, b
+    finally:
+        RELEASE.set()
+        a.shutdown(10)
+        b.shutdown(10)
+
+
 def test_producer_over_the_local_channel_matches_flight(server: RpcServer) -> None:
     logs: list[str] = []
     with connect(LocalService, server.location, local_data=True, on_log=lambda m: logs.append(m.message)) as svc:
@@ -166,10 +180,7 @@ def test_later_streams_open_on_the_channel_in_one_call(server: RpcServer, caplog
         return [(c["rpc"], c["kind"], c["method"], c["rows_out"]) for c in records]
 
     # The server logs a stream once it has sent its end: poll (boundedly) for the second one.
-    for _ in range(200):
-        if ("DoGet", "producer-local", "labelled", 4000) in calls():
-            break
-        threading.Event().wait(0.05)
+    wait_for(lambda: ("DoGet", "producer-local", "labelled", 4000) in calls())
     second_calls = [c for c in calls() if c[3] != 3000]  # the first stream's record may land late
     assert second_calls == [("DoAction", "action", "__local_data__", 0), ("DoGet", "producer-local", "labelled", 4000)]
     assert logs == ["opening labelled", "opening labelled"]
@@ -222,10 +233,7 @@ def test_client_that_stops_reading_abandons_the_stream(server: RpcServer) -> Non
             if n == 2:
                 break
         assert rows_of(svc.count(limit=3)) == expected_rows(3)  # still serving
-    for _ in range(200):
-        if server.stats().streams_abandoned == 1:
-            break
-        threading.Event().wait(0.05)
+    wait_for(lambda: server.stats().streams_abandoned == 1)
     stats = server.stats()
     assert stats.streams_abandoned == 1
     assert stats.open_streams == 0
@@ -253,72 +261,52 @@ def test_exchanges_stay_on_flight(server: RpcServer) -> None:
         assert session.exchange(AnnotatedBatch(batch)).batch == batch
 
 
-def test_stream_resumes_on_another_replica_when_the_channel_closes() -> None:
-    RELEASE.clear()
-    a = RpcServer(LocalService, LocalServiceImpl(), token_key=KEY, local_data=True)
-    b = RpcServer(LocalService, LocalServiceImpl(), token_key=KEY, local_data=True)
-    try:
-        with connect(LocalService, [a.location, b.location], local_data=True) as svc:
-            session = svc.held(limit=8)
-            got: list[int] = []
-            stopped: list[RpcServer] = []
-            for batch in session:
-                got.append(batch.batch.column("i")[0].as_py())
-                if len(got) == 3:
-                    # The serving replica stops while its producer is held: whichever it was, the
-                    # client resumes from the third batch's token on the other one.
-                    for srv in (a, b):
-                        if srv.stats().open_streams:
-                            stopped.append(srv)
-                            threading.Thread(target=srv.shutdown, args=(10,), daemon=True).start()
-                            for _ in range(200):
-                                if srv.local_data_path and not os.path.exists(srv.local_data_path):
-                                    break
-                                threading.Event().wait(0.05)
-                    RELEASE.set()
-        assert got == list(range(8))  # nothing lost, nothing twice
-        assert len(stopped) == 1
-        survivor = b if stopped[0] is a else a
-        assert survivor.stats().streams_completed == 1  # the rest came from the other replica
-    finally:
-        RELEASE.set()
-        a.shutdown(10)
-        b.shutdown(10)
+def read_held(replicas: tuple[RpcServer, RpcServer], act: Callable[[RpcServer], None]) -> tuple[list[int], RpcServer]:
+    """Read `held(limit=8)` over both replicas; at the third batch, while the producer is held, run
+    ``act`` on the replica serving it, then release it. Returns the rows and that replica."""
+    a, b = replicas
+    got: list[int] = []
+    serving = a
+    with connect(LocalService, [a.location, b.location], local_data=True) as svc:
+        for batch in svc.held(limit=8):
+            got.append(batch.batch.column("i")[0].as_py())
+            if len(got) == 3:
+                serving = a if a.stats().open_streams else b
+                act(serving)
+                RELEASE.set()
+    return got, serving
 
 
-def test_drained_replica_hands_local_streams_off() -> None:
-    RELEASE.clear()
-    a = RpcServer(LocalService, LocalServiceImpl(), token_key=KEY, local_data=True)
-    b = RpcServer(LocalService, LocalServiceImpl(), token_key=KEY, local_data=True)
-    try:
-        with connect(LocalService, [a.location, b.location], local_data=True) as svc:
-            got: list[int] = []
-            drained: list[RpcServer] = []
-            for batch in svc.held(limit=8):
-                got.append(batch.batch.column("i")[0].as_py())
-                if len(got) == 3:
-                    # Drain the serving replica with no deadline: its stream ends at its next turn
-                    # with UNAVAILABLE, and the client resumes it on the other replica.
-                    serving = a if a.stats().open_streams else b
-                    drained.append(serving)
-                    threading.Thread(target=serving.drain, kwargs={"deadline": 0, "grace": 10}, daemon=True).start()
-                    for _ in range(200):
-                        if serving._dispatcher.ending:
-                            break
-                        threading.Event().wait(0.05)
-                    RELEASE.set()
-        assert got == list(range(8))
-        for _ in range(200):
-            if drained[0].stats().streams_handed_off == 1:
-                break
-            threading.Event().wait(0.05)
-        assert drained[0].stats().streams_handed_off == 1
-        other = b if drained[0] is a else a
-        assert other.stats().streams_completed == 1
-    finally:
-        RELEASE.set()
-        a.shutdown(10)
-        b.shutdown(10)
+def wait_for(condition: Callable[[], bool]) -> None:
+    for _ in range(200):  # bounded: 10 s
+        if condition():
+            return
+        threading.Event().wait(0.05)
+
+
+def test_stream_resumes_on_another_replica_when_the_channel_closes(replicas: tuple[RpcServer, RpcServer]) -> None:
+    def stop(serving: RpcServer) -> None:
+        threading.Thread(target=serving.shutdown, args=(10,), daemon=True).start()
+        wait_for(lambda: not os.path.exists(serving.local_data_path or ""))
+
+    got, stopped = read_held(replicas, stop)
+    assert got == list(range(8))  # nothing lost, nothing twice: resumed from the third batch's token
+    survivor = replicas[1] if stopped is replicas[0] else replicas[0]
+    assert survivor.stats().streams_completed == 1  # the rest came from the other replica
+
+
+def test_drained_replica_hands_local_streams_off(replicas: tuple[RpcServer, RpcServer]) -> None:
+    # No drain deadline: the stream ends at its next turn with UNAVAILABLE and resumes elsewhere.
+    def drain(serving: RpcServer) -> None:
+        threading.Thread(target=serving.drain, kwargs={"deadline": 0, "grace": 10}, daemon=True).start()
+        wait_for(lambda: serving._dispatcher.ending)  # past the (zero) drain deadline
+
+    got, drained = read_held(replicas, drain)
+    assert got == list(range(8))
+    wait_for(lambda: drained.stats().streams_handed_off == 1)
+    assert drained.stats().streams_handed_off == 1
+    other = replicas[1] if drained is replicas[0] else replicas[0]
+    assert other.stats().streams_completed == 1
 
 
 def test_hmac_protects_the_grant() -> None:
