@@ -192,6 +192,16 @@ def _read_ready(reader: flight.FlightStreamReader, on_log: OnLog) -> dict[str, A
         _handle_metadata(meta, on_log)
 
 
+def _read_ready_or_cancel(reader: flight.FlightStreamReader | LocalStreamReader, on_log: OnLog) -> dict[str, Any]:
+    """:func:`_read_ready`, cancelling the call when it fails so that neither side waits on it."""
+    try:
+        return _read_ready(reader, on_log)
+    except BaseException:
+        with contextlib.suppress(flight.FlightError, pa.ArrowException):
+            reader.cancel()
+        raise
+
+
 def _decode_header(desc: MethodDescription, meta: dict[str, Any]) -> ArrowSerializableDataclass | None:
     """The stream header in ``meta`` (FlightInfo or ``ready`` metadata), if the method has one."""
     if "header" not in meta or desc.header_type is None:
@@ -744,28 +754,37 @@ class _Proxy:
                     writer, reader = client.do_exchange(flight.FlightDescriptor.for_command(request), options)
                 else:
                     reader = client.do_get(flight.Ticket(request), options)
-                try:
-                    return writer, reader, _read_ready(reader, t.on_log)
-                except BaseException:
-                    with contextlib.suppress(flight.FlightError, pa.ArrowException):
-                        reader.cancel()
-                    raise
+                return writer, reader, _read_ready_or_cancel(reader, t.on_log)
 
             try:
                 location, (writer, reader, ready) = t.first_available(open_call)
             except (flight.FlightError, pa.ArrowException) as exc:
                 raise wire.rpc_error_from_flight(exc) from None
+        return self._adopting_session(desc, exchange, location, writer, reader, ready, trace_context)
+
+    def _adopting_session(
+        self,
+        desc: MethodDescription,
+        exchange: bool,
+        location: str,
+        writer: flight.FlightStreamWriter | None,
+        reader: flight.FlightStreamReader | LocalStreamReader,
+        ready: dict[str, Any],
+        trace_context: Context | None,
+    ) -> StreamSession:
+        """The session of a stream opened with its call request, continuing on the call that opened it."""
         if (ready.get("stream") == "exchange") != exchange:
+            with contextlib.suppress(flight.FlightError, pa.ArrowException):
+                reader.cancel()
             raise _protocol_error(f"'{desc.name}' opened as the wrong kind of stream")
-        input_schema = _input_schema(ready) if exchange else pa.schema([])
         session = StreamSession(
-            t,
+            self._t,
             method=desc.name,
             exchange=exchange,
             token=wire.unb64(ready.get("token"), "token"),
             seq=int(ready.get("seq", 0)),
             output_schema=reader.schema,
-            input_schema=input_schema,
+            input_schema=_input_schema(ready) if exchange else pa.schema([]),
             header=_decode_header(desc, ready),
             location=location,
             endpoints=[],
@@ -787,37 +806,12 @@ class _Proxy:
         with t.span("DoAction", desc.name) as trace_context:
             try:
                 reader = _local_reader(t, location, request, trace_context)
+                if reader is None:
+                    return None
+                ready = _read_ready_or_cancel(reader, t.on_log)  # a Flight-shaped reader
             except (flight.FlightError, pa.ArrowException) as exc:
                 raise wire.rpc_error_from_flight(exc) from None
-            if reader is None:
-                return None
-            try:
-                ready = _read_ready(reader, t.on_log)  # a Flight-shaped reader
-                output_schema = reader.schema
-            except (flight.FlightError, pa.ArrowException) as exc:
-                reader.cancel()
-                raise wire.rpc_error_from_flight(exc) from None
-            except BaseException:
-                reader.cancel()
-                raise
-        if ready.get("stream", "producer") != "producer":
-            reader.cancel()
-            raise _protocol_error(f"'{desc.name}' opened as the wrong kind of stream")
-        session = StreamSession(
-            t,
-            method=desc.name,
-            exchange=False,
-            token=wire.unb64(ready.get("token"), "token"),
-            seq=int(ready.get("seq", 0)),
-            output_schema=output_schema,
-            input_schema=pa.schema([]),
-            header=_decode_header(desc, ready),
-            location=location,
-            endpoints=[],
-            trace_context=trace_context,
-        )
-        session._adopt(None, reader)  # a Flight-shaped reader
-        return session
+        return self._adopting_session(desc, False, location, None, reader, ready, trace_context)
 
     def _open_with_flight_info(self, desc: MethodDescription, request: bytes) -> StreamSession:
         """Open a stream with ``GetFlightInfo``, which reports its kind, schemas, header and first token."""
