@@ -105,11 +105,11 @@ class _LiveStream:
     init_logs: list[Message] = field(default_factory=list)
     cancelled: bool = False
     _empty: pa.RecordBatch | None = None
-    # Whether data batches go out whole (the opening client asked for it), never sliced.
-    whole_batches: bool = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.whole_batches = self.signer.binding.whole_batches
+    @property
+    def whole_batches(self) -> bool:
+        """Whether data batches go out whole (the opening client asked for it), never sliced."""
+        return self.signer.binding.whole_batches
 
     @property
     def empty_batch(self) -> pa.RecordBatch:
@@ -638,11 +638,7 @@ class _Dispatcher:
                     live.token(), live.seq, live.header, exchange=live.exchange, input_schema=input_schema
                 )
             )
-        if live.exchange != exchange:
-            use = "an exchange stream: use DoExchange" if live.exchange else "a producer stream: use DoGet"
-            raise RequestRejectedError(
-                ErrorCode.INVALID_ARGUMENT, f"'{live.ctx.method}' is {use}", wire.WRONG_STREAM_KIND_ERROR
-            )
+        check_kind(live, exchange)
         return live, prelude
 
     def grant_local(self, context: flight.ServerCallContext, auth: AuthContext, request: bytes) -> bytes:
@@ -660,12 +656,7 @@ class _Dispatcher:
         if wire.is_token(request):
             live = self.resume_stream(context, auth, request)
             live.watch.end()
-            if live.exchange:
-                raise RequestRejectedError(
-                    ErrorCode.INVALID_ARGUMENT,
-                    f"'{live.ctx.method}' is an exchange stream: the local data channel carries producers",
-                    wire.WRONG_STREAM_KIND_ERROR,
-                )
+            check_kind(live, exchange=False)  # the channel carries producers only
         else:
             name, _ = wire.decode_call(request)
             self.lookup(name, MethodKind.STREAM)
@@ -741,6 +732,19 @@ class _Dispatcher:
         return self._describe_bytes
 
 
+def check_kind(live: _LiveStream, exchange: bool) -> None:
+    """Refuse a stream opened or resumed with the RPC of the other kind.
+
+    Raises:
+        RequestRejectedError: INVALID_ARGUMENT, ``error_type`` ``WrongStreamKind``.
+    """
+    if live.exchange != exchange:
+        use = "an exchange stream: use DoExchange" if live.exchange else "a producer stream: use DoGet"
+        raise RequestRejectedError(
+            ErrorCode.INVALID_ARGUMENT, f"'{live.ctx.method}' is {use}", wire.WRONG_STREAM_KIND_ERROR
+        )
+
+
 def _is_exchange_class(cls: type) -> bool:
     return issubclass(cls, ExchangeState)
 
@@ -771,7 +775,8 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
         actions.append((wire.CANCEL_ACTION, "Cancel a stream: body is its latest state token"))
         actions.append((wire.HEALTH_ACTION, "Report serving status"))
         if self._d.local is not None:
-            actions.append((wire.LOCAL_DATA_ACTION, "Grant to read a producer over the local socket: body is a token"))
+            grant = "Grant to read a producer over the local socket: body is a token or a call request"
+            actions.append((wire.LOCAL_DATA_ACTION, grant))
         return actions
 
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
@@ -905,24 +910,14 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
             yield empty, metadata
         # No context.is_cancelled() per batch: it costs ~80 us inside a streaming call, and a client
         # that goes away makes pyarrow close this generator (GeneratorExit) at the next yield anyway.
-        # Lookups are hoisted: this loop runs once per batch, cold after every gRPC write.
-        dispatcher = self._d
-        invoke = dispatcher.turn_invoke
-        data_messages = dispatcher.data_messages
         while True:
-            if dispatcher.ending:
-                dispatcher.check_not_ending()
-            out = live.turn(_TICK, invoke)
-            if out.logs:
-                for msg in out.logs:
-                    yield empty, wire.log_json(msg)
+            self._d.check_not_ending()
+            out = live.turn(_TICK, self._d.turn_invoke)
+            for msg in out.logs:
+                yield empty, wire.log_json(msg)
             data = out.data
             if data is not None:
-                messages = data_messages(live, data, record)
-                if len(messages) == 1:
-                    yield messages[0]
-                else:
-                    yield from messages
+                yield from self._d.data_messages(live, data, record)
             if out.finished:
                 return
 
