@@ -21,13 +21,13 @@ import json
 import logging
 import os
 import statistics
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
+from benchmarks.common import concurrently
 from benchmarks.nginx import grpc_front
 from benchmarks.services import BenchService, ServerChild, bulk_batch
 from vgi_flight import StreamSession, connect
@@ -169,31 +169,6 @@ def entry_point(mode: str, replicas: Sequence[Replica]) -> Iterator[str | list[s
 
 
 # --- scaling -----------------------------------------------------------------------------------
-
-
-def concurrently(threads: int, work: Callable[[int], None]) -> float:
-    """Run ``work(i)`` on ``threads`` threads released together; return the wall time in seconds."""
-    errors: list[BaseException] = []
-    start = threading.Barrier(threads + 1)
-
-    def run(i: int) -> None:
-        start.wait()
-        try:
-            work(i)
-        except BaseException as exc:  # re-raised below
-            errors.append(exc)
-
-    pool = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(threads)]
-    for thread in pool:
-        thread.start()
-    start.wait()
-    began = time.perf_counter()
-    for thread in pool:
-        thread.join()
-    elapsed = time.perf_counter() - began
-    if errors:
-        raise errors[0]
-    return elapsed
 
 
 @dataclass

@@ -102,24 +102,22 @@ def timed(fn: Callable[[], object], count: int, warmup: int) -> list[float]:
     return latency_samples(fn, count)
 
 
-def threaded_calls(call: Callable[[int], object], calls: int, threads: int) -> float:
-    """Wall seconds for ``calls`` calls spread evenly over ``threads`` threads (``call`` gets the thread index).
+def concurrently(threads: int, work: Callable[[int], object]) -> float:
+    """Run ``work(i)`` on ``threads`` threads released together; return the wall time in seconds.
 
     The threads are started first and released together, so thread start-up is not timed.
     """
-    shares = [calls // threads + (1 if i < calls % threads else 0) for i in range(threads)]
-    gate = threading.Barrier(threads + 1)
     errors: list[BaseException] = []
+    gate = threading.Barrier(threads + 1)
 
-    def work(index: int) -> None:
+    def run(index: int) -> None:
         gate.wait()
         try:
-            for _ in range(shares[index]):
-                call(index)
-        except BaseException as exc:
+            work(index)
+        except BaseException as exc:  # re-raised below
             errors.append(exc)
 
-    workers = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(threads)]
+    workers = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(threads)]
     for worker in workers:
         worker.start()
     gate.wait()
@@ -130,6 +128,17 @@ def threaded_calls(call: Callable[[int], object], calls: int, threads: int) -> f
     if errors:
         raise errors[0]
     return elapsed
+
+
+def threaded_calls(call: Callable[[int], object], calls: int, threads: int) -> float:
+    """Wall seconds for ``calls`` calls spread evenly over ``threads`` threads (``call`` gets the thread index)."""
+    shares = [calls // threads + (1 if i < calls % threads else 0) for i in range(threads)]
+
+    def work(index: int) -> None:
+        for _ in range(shares[index]):
+            call(index)
+
+    return concurrently(threads, work)
 
 
 def count_rows(batches: Iterable[Any]) -> int:
