@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import functools
 import gc
 import json
 import os
@@ -210,11 +211,16 @@ def _release_cached_memory() -> None:
     """
     gc.collect()
     pa.default_memory_pool().release_unused()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, looked up once (``find_library`` may run ``ldconfig``); ``None`` elsewhere."""
     libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        trim = getattr(ctypes.CDLL(libc_name), "malloc_trim", None)
-        if trim is not None:
-            trim(0)
+    return getattr(ctypes.CDLL(libc_name), "malloc_trim", None) if libc_name else None
 
 
 def _round_rss_here(rounds: int, producer_mib: int, exchange_turns: int) -> dict[str, list[float]]:
