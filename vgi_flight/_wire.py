@@ -15,7 +15,6 @@ See ``docs/wire-protocol.md`` for the normative description. In short:
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -396,15 +395,23 @@ def error_status(code: ErrorCode, error_type: str, message: str, traceback: str 
     return cls(json.dumps(body, ensure_ascii=False))
 
 
+def _error_body(text: str) -> dict[str, Any] | None:
+    """The first vgi-flight error object in a status message (clients and proxies may add text around it)."""
+    start = text.find(ERROR_MARKER)
+    if start < 0:
+        return None
+    try:
+        body, _ = json.JSONDecoder().raw_decode(text, start)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
 def error_metadata(error: flight.FlightError) -> bytes:
     """The ``error`` message of a local data stream: ``error``'s JSON body with ``kind`` first."""
     text = str(error)
-    start = text.find(ERROR_MARKER)
-    body: Any = None
-    if start >= 0:
-        with contextlib.suppress(ValueError):
-            body, _ = json.JSONDecoder().raw_decode(text, start)
-    if not isinstance(body, dict):
+    body = _error_body(text)
+    if body is None:
         body = {"vgi_error": 1, "code": "UNKNOWN", "error_type": type(error).__name__, "error_message": text}
     return json.dumps({"kind": KIND_ERROR, **body}, ensure_ascii=False, separators=(",", ":")).encode()
 
@@ -425,19 +432,14 @@ def error_from_metadata(metadata: bytes) -> flight.FlightError:
 def rpc_error_from_flight(exc: BaseException) -> RpcError:
     """Turn any exception raised by a pyarrow Flight client call into :class:`RpcError`."""
     text = str(exc)
-    start = text.find(ERROR_MARKER)
-    if start >= 0:
-        try:
-            body, _ = json.JSONDecoder().raw_decode(text, start)
-        except ValueError:
-            body = None
-        if isinstance(body, dict):
-            return RpcError(
-                str(body.get("error_type", "RpcError")),
-                str(body.get("error_message", "")),
-                str(body.get("traceback", "")),
-                code=ErrorCode.parse(body.get("code")),
-            )
+    body = _error_body(text)
+    if body is not None:
+        return RpcError(
+            str(body.get("error_type", "RpcError")),
+            str(body.get("error_message", "")),
+            str(body.get("traceback", "")),
+            code=ErrorCode.parse(body.get("code")),
+        )
     code = ErrorCode.UNKNOWN
     for cls, mapped in _CODE_FOR_FLIGHT_ERROR:
         if isinstance(exc, cls):
