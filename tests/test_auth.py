@@ -27,20 +27,16 @@ from vgi_flight import AuthContext, BearerAuth, HmacAuth, HmacKey, ServerAuth
 from vgi_flight._auth import (
     _HMAC_FIELDS,
     _HMAC_HEADER,
-    _SMALL_PAYLOAD,
     AuthenticationError,
     AuthMiddlewareFactory,
     CallCredential,
     NonceCache,
     _hmac_fields,
-    _hmac_pads,
-    _hmac_sha256,
     _parse_hmac,
-    _payload_digest,
-    _pick_short_sha256,
     request_payload,
     resolve_identity,
 )
+from vgi_flight._sha256 import SMALL_INPUT, hmac_pads, hmac_sha256, pick_short_sha256, sha256_hex
 
 
 def examples(default: int) -> int:
@@ -84,7 +80,7 @@ header_text = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, excl
     kid=header_text,
     secret=st.binary(max_size=200),
     rpc=st.sampled_from(RPCS),
-    payload=st.binary(max_size=3 * _SMALL_PAYLOAD),
+    payload=st.binary(max_size=3 * SMALL_INPUT),
     ts=st.integers(0, 2**40),
     nonce=st.binary(min_size=12, max_size=12),
 )
@@ -100,19 +96,19 @@ def test_client_header_is_the_specified_one(
 @given(secret=st.binary(max_size=200), message=st.binary(max_size=600))
 @settings(max_examples=examples(300), deadline=None)
 def test_precomputed_pads_compute_hmac_sha256(secret: bytes, message: bytes) -> None:
-    assert _hmac_sha256(_hmac_pads(secret), message) == hmac.digest(secret, message, "sha256")
+    assert hmac_sha256(hmac_pads(secret), message) == hmac.digest(secret, message, "sha256")
 
 
-@pytest.mark.parametrize("size", [0, 1, 63, 64, 65, _SMALL_PAYLOAD - 1, _SMALL_PAYLOAD, _SMALL_PAYLOAD + 1, 1 << 20])
-def test_payload_digest_is_sha256(size: int) -> None:
+@pytest.mark.parametrize("size", [0, 1, 63, 64, 65, SMALL_INPUT - 1, SMALL_INPUT, SMALL_INPUT + 1, 1 << 20])
+def test_sha256_hex_is_sha256(size: int) -> None:
     payload = os.urandom(size)
-    assert _payload_digest(payload) == hashlib.sha256(payload).hexdigest()
+    assert sha256_hex(payload) == hashlib.sha256(payload).hexdigest()
 
 
 def test_short_sha256_is_openssl_in_fips_mode() -> None:
     with mock.patch("_hashlib.get_fips_mode", return_value=1):
-        assert _pick_short_sha256() is hashlib.sha256
-    assert _pick_short_sha256()(b"abc").hexdigest() == hashlib.sha256(b"abc").hexdigest()
+        assert pick_short_sha256() is hashlib.sha256
+    assert pick_short_sha256()(b"abc").hexdigest() == hashlib.sha256(b"abc").hexdigest()
 
 
 def test_credentials_copy_and_pickle() -> None:

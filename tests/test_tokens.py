@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vgi_flight._sha256 import SMALL_INPUT
 from vgi_flight._tokens import (
     MAC_SIZE,
     KeyRing,
@@ -120,6 +121,20 @@ def test_round_trip_property(seq: int, state: bytes, method: str, principal: str
     binding = StreamBinding(new_stream_id(), method, principal, "m:C", b"", b"")
     verified = verify_token(ring, StreamSigner(ring, binding, None).mint(seq, state))
     assert (verified.seq, verified.state, verified.binding) == (seq, state, binding)
+
+
+@settings(max_examples=examples(100), deadline=None)
+@given(st.integers(0, 3 * SMALL_INPUT), st.binary(max_size=3 * SMALL_INPUT), st.booleans())
+def test_mac_is_hmac_sha256_of_the_body_for_every_size(state_size: int, schema: bytes, encrypt: bool) -> None:
+    # Short and long tokens are signed and checked by different SHA-256 implementations.
+    ring = KeyRing.single(KEY)
+    binding = StreamBinding(new_stream_id(), "m", "", "m:C", schema, b"")
+    token = StreamSigner(ring, binding, None, encrypt=encrypt).mint(7, b"s" * state_size)
+    assert remac(ring, token[:-MAC_SIZE]) == token
+    assert verify_token(ring, token).state == b"s" * state_size
+    forged = token[:-1] + bytes([token[-1] ^ 1])
+    with pytest.raises(TokenError):
+        verify_token(ring, forged)
 
 
 # --- encryption -------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ from __future__ import annotations
 import binascii
 import hashlib
 import hmac
-import importlib
 import os
 import re
 import threading
@@ -41,6 +40,7 @@ import pyarrow.flight as flight
 
 from vgi_flight._context import AuthContext
 from vgi_flight._gil import pin_thread_state
+from vgi_flight._sha256 import SMALL_INPUT, Sha256, hmac_pads, short_sha256
 
 SCHEME = "VGI-HMAC-SHA256"
 MIDDLEWARE_KEY = "vgi-auth"
@@ -66,9 +66,6 @@ _HMAC_HEADER = re.compile(
     r"VGI-HMAC-SHA256 kid=([^,\s]*), ?ts=([^,\s]*), ?nonce=([^,\s]*), ?digest=([^,\s]*), ?sig=([^,\s]*)"
 )
 _HMAC_FIELDS = ("kid", "ts", "nonce", "digest", "sig")
-_SMALL_PAYLOAD = 1024  # up to this size, payload digests use _short_sha256
-_IPAD = bytes(b ^ 0x36 for b in range(256))
-_OPAD = bytes(b ^ 0x5C for b in range(256))
 _CACHE_LIMIT = 1024  # identities kept per credential (one per client certificate seen with it)
 _SWEEP_INTERVAL = 1.0  # seconds between evictions of expired nonces
 
@@ -87,68 +84,6 @@ def request_payload(rpc: str, payload: bytes, action_type: str = "") -> bytes:
     if rpc == "DoAction":
         return action_type.encode() + b"\n" + payload
     return payload
-
-
-class _Sha256(Protocol):
-    def copy(self) -> _Sha256: ...
-    def update(self, data: bytes, /) -> None: ...
-    def digest(self) -> bytes: ...
-    def hexdigest(self) -> str: ...
-
-
-def _pick_short_sha256() -> Callable[[bytes], _Sha256]:
-    """The SHA-256 to use for short inputs: CPython's built-in one when allowed, else OpenSSL's.
-
-    Signing and verifying a request hash a few hundred bytes several times. OpenSSL's per-call
-    set-up (provider dispatch, context allocation on every copy and digest) costs more than the
-    hashing there, and several times more on a server whose caches are cold after each wait for
-    the network; CPython's own implementation (``_sha2``, ``_sha256`` before 3.12) is a plain struct.
-    Large payloads still go to OpenSSL, which is faster per byte. Under OpenSSL's FIPS mode, or
-    if the built-in module is missing, OpenSSL's is used throughout.
-    """
-    try:
-        from _hashlib import get_fips_mode
-    except ImportError:  # Python without OpenSSL: hashlib's sha256 is the built-in one already
-        return hashlib.sha256
-    if get_fips_mode():
-        return hashlib.sha256
-    for name in ("_sha2", "_sha256"):
-        try:
-            sha256: Callable[[bytes], _Sha256] = importlib.import_module(name).sha256
-            if sha256(b"abc").hexdigest() == hashlib.sha256(b"abc").hexdigest():
-                return sha256
-        except Exception:  # absent or refusing: try the next, then OpenSSL's
-            continue
-    return hashlib.sha256
-
-
-_short_sha256 = _pick_short_sha256()
-
-
-def _payload_digest(payload: bytes) -> str:
-    """Hex SHA-256 of a request payload (the ``digest`` field); inlined where it runs per call."""
-    return (_short_sha256(payload) if len(payload) <= _SMALL_PAYLOAD else hashlib.sha256(payload)).hexdigest()
-
-
-def _hmac_pads(secret: bytes) -> tuple[_Sha256, _Sha256]:
-    """The inner and outer hash states of HMAC-SHA256 under ``secret`` (RFC 2104), computed once per key.
-
-    ``HMAC(secret, msg)`` is then ``outer.copy()`` updated with the digest of ``inner.copy()``
-    updated with ``msg``: two state copies and two short hashes per signature, instead of the key
-    set-up that ``hmac.new`` or ``hmac.digest`` repeats on every call.
-    """
-    key = hashlib.sha256(secret).digest() if len(secret) > 64 else secret
-    key = key.ljust(64, b"\0")
-    return _short_sha256(key.translate(_IPAD)), _short_sha256(key.translate(_OPAD))
-
-
-def _hmac_sha256(pads: tuple[_Sha256, _Sha256], message: bytes) -> bytes:
-    """``HMAC-SHA256(secret, message)`` from the secret's :func:`_hmac_pads` (inlined where it runs per call)."""
-    inner = pads[0].copy()
-    inner.update(message)
-    outer = pads[1].copy()
-    outer.update(inner.digest())
-    return outer.digest()
 
 
 # --- client credentials -------------------------------------------------------------------------
@@ -174,13 +109,13 @@ class HmacAuth:
     key_id: str
     secret: bytes = field(repr=False)
     # Derived once per credential (see __post_init__): the key's HMAC pads and the constant prefixes.
-    _inner: _Sha256 = field(init=False, repr=False, compare=False)
-    _outer: _Sha256 = field(init=False, repr=False, compare=False)
+    _inner: Sha256 = field(init=False, repr=False, compare=False)
+    _outer: Sha256 = field(init=False, repr=False, compare=False)
     _sign_prefix: str = field(init=False, repr=False, compare=False)
     _header_prefix: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        inner, outer = _hmac_pads(self.secret)
+        inner, outer = hmac_pads(self.secret)
         object.__setattr__(self, "_inner", inner)
         object.__setattr__(self, "_outer", outer)
         object.__setattr__(self, "_sign_prefix", f"{SCHEME}\n{self.key_id}\n")
@@ -192,10 +127,10 @@ class HmacAuth:
 
     def headers(self, rpc: str, payload: bytes) -> list[tuple[bytes, bytes]]:
         """Return the ``authorization`` header for one call."""
-        # Flat on purpose: it runs on every call (see _pick_short_sha256).
+        # Flat on purpose: it runs on every call (see vgi_flight._sha256).
         ts = int(time.time())
         nonce = os.urandom(12).hex()
-        digest = (_short_sha256(payload) if len(payload) <= _SMALL_PAYLOAD else hashlib.sha256(payload)).hexdigest()
+        digest = (short_sha256(payload) if len(payload) <= SMALL_INPUT else hashlib.sha256(payload)).hexdigest()
         mac = self._inner.copy()
         mac.update(f"{self._sign_prefix}{ts}\n{nonce}\n{rpc}\n{digest}".encode())
         sig = self._outer.copy()
@@ -456,11 +391,11 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[mis
         self._failed = CallCredential(self, failed=True)
         # key id -> (inner HMAC state, outer HMAC state, identity); None: the stand-in for unknown key ids,
         # checked like a real key so that unknown key ids take as long as known ones.
-        self._keys: dict[str, tuple[_Sha256, _Sha256, _Identity | None]] = {}
+        self._keys: dict[str, tuple[Sha256, Sha256, _Identity | None]] = {}
         for kid, key in config.hmac_keys.items():
             identity = _Identity(_frozen_context("hmac", key.principal, {"key_id": kid}))
-            self._keys[kid] = (*_hmac_pads(key.secret), identity)
-        self._unknown_key: tuple[_Sha256, _Sha256, _Identity | None] = (*_hmac_pads(b"\x00" * 32), None)
+            self._keys[kid] = (*hmac_pads(key.secret), identity)
+        self._unknown_key: tuple[Sha256, Sha256, _Identity | None] = (*hmac_pads(b"\x00" * 32), None)
         self._bearer = [
             (token.encode(), _Identity(_frozen_context("bearer", principal, {})))
             for token, principal in config.bearer_tokens.items()
@@ -513,7 +448,7 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[mis
         Raises:
             AuthenticationError: The request is refused.
         """
-        # One flat function: it runs on every signed call, with cold caches (see _pick_short_sha256).
+        # One flat function: it runs on every signed call, with cold caches (see vgi_flight._sha256).
         try:
             match = _HMAC_HEADER.fullmatch(value)
             kid, ts, nonce, digest, sig = match.groups() if match is not None else _hmac_fields(value)
@@ -531,7 +466,7 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[mis
             now = time.time()
             if not ts.isdigit() or abs(now - int(ts)) > self._max_skew:
                 raise AuthenticationError("timestamp outside the accepted window")
-            actual = (_short_sha256(payload) if len(payload) <= _SMALL_PAYLOAD else hashlib.sha256(payload)).hexdigest()
+            actual = (short_sha256(payload) if len(payload) <= SMALL_INPUT else hashlib.sha256(payload)).hexdigest()
             if not hmac.compare_digest(actual, digest):
                 raise AuthenticationError("payload does not match the signed digest")
             if len(nonce) < 16 or not self._nonces.first_use((kid, nonce), now):

@@ -49,6 +49,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from vgi_flight._sha256 import SMALL_INPUT, HmacPads, hmac_pads, hmac_sha256
+
 MAGIC = b"VGT1"
 MAC_SIZE = 32
 FLAG_ENCRYPTED = 0x01
@@ -61,6 +63,7 @@ _ENC_INFO = b"vgi-flight token enc v1"
 _DERIVED_KEY_SIZE = 32
 # Stand-in MAC key for unknown key ids, so the check costs the same and fails like a bad MAC.
 _UNKNOWN_KEY_MAC = b"\x00" * _DERIVED_KEY_SIZE
+_UNKNOWN_KEY_PADS = hmac_pads(_UNKNOWN_KEY_MAC)
 DEFAULT_MAX_TOKEN_BYTES = 4 * 1024 * 1024
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
@@ -132,11 +135,13 @@ class _DerivedKeys:
 
     Attributes:
         mac: HMAC-SHA256 key.
+        mac_pads: The inner and outer hash states of HMAC under ``mac``.
         enc: AES-256-GCM key.
         aead: Cipher object for ``enc`` (stateless, safe to share between threads).
     """
 
     mac: bytes
+    mac_pads: HmacPads
     enc: bytes
     aead: AESGCM
 
@@ -148,7 +153,8 @@ def _hkdf(secret: bytes, info: bytes) -> bytes:
 def _derive_keys(secret: bytes) -> _DerivedKeys:
     """Derive the MAC and encryption keys of ``secret`` (HKDF-SHA256, distinct info strings)."""
     enc = _hkdf(secret, _ENC_INFO)
-    return _DerivedKeys(mac=_hkdf(secret, _MAC_INFO), enc=enc, aead=AESGCM(enc))
+    mac = _hkdf(secret, _MAC_INFO)
+    return _DerivedKeys(mac=mac, mac_pads=hmac_pads(mac), enc=enc, aead=AESGCM(enc))
 
 
 class KeyRing:
@@ -216,7 +222,7 @@ def _put_str(parts: list[bytes], value: bytes, size: struct.Struct) -> None:
 class StreamSigner:
     """Mints the tokens of one stream; the fixed prefix is packed and pre-hashed once."""
 
-    __slots__ = ("_aead", "_mac", "_prefix", "_ttl", "binding")
+    __slots__ = ("_aead", "_inner", "_mac", "_outer", "_prefix", "_ttl", "binding")
 
     def __init__(self, ring: KeyRing, binding: StreamBinding, ttl: float | None, *, encrypt: bool = False) -> None:
         """Prepare to mint tokens for ``binding`` with the ring's current key.
@@ -237,6 +243,11 @@ class StreamSigner:
         _put_str(parts, binding.output_schema, _U32)
         _put_str(parts, binding.input_schema, _U32)
         self._prefix = b"".join(parts)
+        # The prefix is hashed once per stream, so each token hashes only its tail: short tails (the
+        # usual flat state) through the built-in SHA-256 from HMAC pads, long ones through OpenSSL.
+        self._inner = keys.mac_pads[0].copy()
+        self._inner.update(self._prefix)
+        self._outer = keys.mac_pads[1]
         self._mac = hmac.new(keys.mac, self._prefix, hashlib.sha256)
         self._aead = keys.aead if encrypt else None
         self._ttl = ttl
@@ -264,7 +275,13 @@ class StreamSigner:
             nonce = os.urandom(NONCE_SIZE)
             state = nonce + self._aead.encrypt(nonce, state, self._prefix + times)
         tail = b"".join((times, _U32.pack(len(state)), state))
-        mac = self._mac.copy()  # the prefix is hashed once per stream; one update per token
+        if len(tail) <= SMALL_INPUT:
+            inner = self._inner.copy()
+            inner.update(tail)
+            outer = self._outer.copy()
+            outer.update(inner.digest())
+            return b"".join((self._prefix, tail, outer.digest()))
+        mac = self._mac.copy()
         mac.update(tail)
         return b"".join((self._prefix, tail, mac.digest()))
 
@@ -318,7 +335,10 @@ def verify_token(
     kid = body[6 : 6 + kid_len].decode("utf-8", "replace")
     keys = ring._derived_keys(kid)
     # An unknown key and a bad MAC are reported identically so a prober learns nothing.
-    expected = hmac.new(keys.mac if keys is not None else _UNKNOWN_KEY_MAC, body, hashlib.sha256).digest()
+    if len(body) <= SMALL_INPUT:
+        expected = hmac_sha256(keys.mac_pads if keys is not None else _UNKNOWN_KEY_PADS, body)
+    else:
+        expected = hmac.new(keys.mac if keys is not None else _UNKNOWN_KEY_MAC, body, hashlib.sha256).digest()
     if not hmac.compare_digest(expected, mac) or keys is None:
         raise TokenError("token signature is invalid")
     flags = body[4]
