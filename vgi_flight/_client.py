@@ -227,6 +227,9 @@ def _assemble(parts: list[pa.RecordBatch], last: pa.RecordBatch) -> pa.RecordBat
     return pa.Table.from_batches(pieces).combine_chunks().to_batches()[0]
 
 
+_NO_METADATA: dict[str, Any] = {}  # the parsed app_metadata of a data message without custom metadata
+
+
 def _custom_metadata(meta: dict[str, Any]) -> pa.KeyValueMetadata | None:
     custom = meta.get("metadata")
     return pa.KeyValueMetadata(custom) if isinstance(custom, dict) and custom else None
@@ -492,15 +495,18 @@ class StreamSession:
         self._read_until(wire.KIND_READY)
         writer.begin(self.input_schema)
 
-    def _read_until(self, kind: str) -> pa.RecordBatch:
+    def _read_until(self, kind: str, chunk: flight.FlightStreamChunk | None = None) -> pa.RecordBatch:
+        """Read messages (from ``chunk``, when one was read already) up to the next one of ``kind``."""
         assert self._reader is not None
         parts: list[pa.RecordBatch] = []
         while True:
-            try:
-                chunk = self._reader.read_chunk()
-            except StopIteration:
-                raise _protocol_error(f"server ended the stream while a '{kind}' message was expected") from None
+            if chunk is None:
+                try:
+                    chunk = self._reader.read_chunk()
+                except StopIteration:
+                    raise _protocol_error(f"server ended the stream while a '{kind}' message was expected") from None
             meta = wire.parse_metadata(chunk.app_metadata)
+            data, chunk = chunk.data, None
             got = meta.get("kind")
             if got == kind:
                 if got == wire.KIND_DATA and int(meta.get("seq", self._seq + 1)) <= self._seq:
@@ -510,11 +516,30 @@ class StreamSession:
                     self._token_b64 = meta["token"]
                     self._seq = int(meta.get("seq", self._seq))
                 self._last_meta = meta
-                return _assemble(parts, chunk.data)
+                return _assemble(parts, data)
             if got == wire.KIND_DATA_PART:
-                parts.append(chunk.data)
+                parts.append(data)
                 continue
             _handle_metadata(meta, self._t.on_log)
+
+    def _read_data(self) -> pa.RecordBatch:
+        """Read an exchange's answer: the usual message (one batch, seq and token only) in one step."""
+        assert self._reader is not None
+        try:
+            chunk = self._reader.read_chunk()
+        except StopIteration:
+            raise _protocol_error("server ended the stream while a 'data' message was expected") from None
+        raw = chunk.app_metadata
+        plain = wire.PLAIN_DATA.fullmatch(raw) if raw is not None else None
+        if plain is not None:
+            seq = int(plain[1])
+            if seq > self._seq:
+                self._token_b64 = plain[2]
+                self._seq = seq
+                self._last_meta = _NO_METADATA
+                data: pa.RecordBatch = chunk.data
+                return data
+        return self._read_until(wire.KIND_DATA, chunk)  # logs, slices, custom metadata, replays
 
     def exchange(self, input: AnnotatedBatch) -> AnnotatedBatch:
         """Send one batch and return the server's answer.
@@ -550,7 +575,7 @@ class StreamSession:
                 self._writer.write_with_metadata(batch, wire.json_bytes({"kind": wire.KIND_DATA, "metadata": custom}))
             else:
                 self._writer.write_batch(batch)
-            data = self._read_until(wire.KIND_DATA)
+            data = self._read_data()
         except (flight.FlightError, pa.ArrowException) as exc:
             failure = self._classify(exc)
             if not isinstance(failure, _BrokenError):
