@@ -47,11 +47,13 @@ class CallRecord:
         self.bytes_in += size
         return size
 
-    def batch_out(self, batch: pa.RecordBatch) -> None:
-        """Count an output data batch."""
+    def batch_out(self, batch: pa.RecordBatch) -> int:
+        """Count an output data batch; return its buffer size (an upper bound of ``nbytes``)."""
+        size: int = batch.get_total_buffer_size()
         self.batches_out += 1
         self.rows_out += batch.num_rows
-        self.bytes_out += batch.get_total_buffer_size()
+        self.bytes_out += size
+        return size
 
 
 class StreamOutcome(Enum):

@@ -312,9 +312,8 @@ class _Dispatcher:
         """
         metadata = wire.data_metadata(live.token(), live.seq, data.custom_metadata)
         batch = data.batch
-        record.batch_out(batch)
         # The buffer total is cheap and never below nbytes; only a large batch pays for the exact size.
-        if live.whole_batches or batch.get_total_buffer_size() <= self.max_message_bytes or batch.num_rows <= 1:
+        if record.batch_out(batch) <= self.max_message_bytes or live.whole_batches or batch.num_rows <= 1:
             return [(batch, metadata)]
         if batch.nbytes <= self.max_message_bytes:
             return [(batch, metadata)]

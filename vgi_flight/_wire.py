@@ -15,6 +15,7 @@ See ``docs/wire-protocol.md`` for the normative description. In short:
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import re
 from collections.abc import Mapping
@@ -290,7 +291,7 @@ PLAIN_DATA = re.compile(rb'\{"kind":"data","seq":([0-9]{1,19}),"token":"([A-Za-z
 def data_metadata(token: bytes, seq: int, custom: pa.KeyValueMetadata | None) -> bytes:
     """app_metadata of a data message."""
     if not custom:  # the per-batch hot path: base64 needs no JSON escaping
-        return b'{"kind":"data","seq":%d,"token":"%s"}' % (seq, base64.b64encode(token))
+        return b'{"kind":"data","seq":%d,"token":"%s"}' % (seq, binascii.b2a_base64(token, newline=False))
     obj: dict[str, Any] = {"kind": KIND_DATA, "seq": seq, "token": b64(token)}
     if custom:
         obj["metadata"] = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in custom.items()}
