@@ -18,6 +18,7 @@ from benchmarks.common import (
     threaded_calls,
     timed,
 )
+from benchmarks.raw_hmac import signed_options
 from benchmarks.services import BenchService, Order, Point, Priority, add_ipc, order_from_ipc, order_ipc, read_one
 from vgi_flight import AnnotatedBatch
 
@@ -31,31 +32,45 @@ def chunk_rows(reader: flight.FlightStreamReader) -> int:
     return sum(chunk.data.num_rows for chunk in reader)
 
 
-def raw_samplers(client: flight.FlightClient, sizes: Sizes) -> dict[str, Sampler]:
-    """The same workloads hand-written on a pyarrow.flight client; the threaded workload shares it."""
+def raw_samplers(
+    client: flight.FlightClient, sizes: Sizes, *, hmac_key: tuple[str, bytes] | None = None
+) -> dict[str, Sampler]:
+    """The same workloads hand-written on a pyarrow.flight client; the threaded workload shares it.
+
+    With ``hmac_key`` (key id, secret) every call is signed (``benchmarks.raw_hmac``).
+    """
     order = sample_order(Order, Point, Priority)
     small = small_batch(1)
     big = bulk_batch(sizes.bulk_exchange_rows)
+    plain = flight.FlightCallOptions()
+
+    def options(rpc: str, payload: bytes) -> flight.FlightCallOptions:
+        return plain if hmac_key is None else signed_options(*hmac_key, rpc, payload)
+
+    def action(kind: str, body: bytes) -> list[flight.Result]:
+        return list(client.do_action(flight.Action(kind, body), options("DoAction", kind.encode() + b"\n" + body)))
 
     def noop() -> None:
-        list(client.do_action(flight.Action("noop", b"")))
+        action("noop", b"")
 
     def add() -> int:
-        result = list(client.do_action(flight.Action("add", add_ipc(2, 40))))[-1]
-        return int(read_one(result.body).column(0)[0].as_py())
+        return int(read_one(action("add", add_ipc(2, 40))[-1].body).column(0)[0].as_py())
 
     def rich() -> Order:
-        return order_from_ipc(list(client.do_action(flight.Action("rich", order_ipc(order))))[-1].body)
+        return order_from_ipc(action("rich", order_ipc(order))[-1].body)
 
     expect(add() == 42, "add")
     expect(rich() == order, "rich round trip")
 
     def small_producer() -> None:
-        rows = chunk_rows(client.do_get(flight.Ticket(f"small:{sizes.small_batches}".encode())))
+        ticket = f"small:{sizes.small_batches}".encode()
+        rows = chunk_rows(client.do_get(flight.Ticket(ticket), options("DoGet", ticket)))
         expect(rows == sizes.small_batches, "small batches")
 
     def open_exchange(command: bytes) -> tuple[flight.FlightStreamWriter, flight.FlightStreamReader]:
-        writer, reader = client.do_exchange(flight.FlightDescriptor.for_command(command))
+        writer, reader = client.do_exchange(
+            flight.FlightDescriptor.for_command(command), options("DoExchange", command)
+        )
         writer.begin(BULK_SCHEMA if command == b"bulk_echo" else SMALL_SCHEMA)
         return writer, reader
 
@@ -84,7 +99,10 @@ def raw_samplers(client: flight.FlightClient, sizes: Sizes) -> dict[str, Sampler
         return samples
 
     def bulk_of(batches: int) -> None:
-        expect(chunk_rows(client.do_get(flight.Ticket(f"bulk:{batches}".encode()))) == batches * BULK_ROWS, "bulk")
+        ticket = f"bulk:{batches}".encode()
+        expect(
+            chunk_rows(client.do_get(flight.Ticket(ticket), options("DoGet", ticket))) == batches * BULK_ROWS, "bulk"
+        )
 
     def bulk(count: int, warmup: int) -> list[float]:
         for _ in range(warmup):

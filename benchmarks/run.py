@@ -3,9 +3,10 @@
     python -m benchmarks [--quick] [--json results.json] [--no-secure] [--no-peers] [--only add,bulk]
 
 (``python -m benchmarks.run`` is the same command.) Every workload runs in two modes: plain, and
-with mTLS + HMAC (vgi-flight and raw Flight over mTLS, vgi-flight also requiring HMAC-signed
-requests; vgi-rpc's HTTP transport behind an nginx that terminates mTLS, with a bearer token; its
-other transports have no TLS, so "n/a").
+with mTLS + HMAC (vgi-flight and raw Flight over mTLS, both requiring HMAC-signed requests, raw
+Flight's signing written directly with hmac and pyarrow middleware, ``--raw-mtls-only`` to leave it
+out; vgi-rpc's HTTP transport behind an nginx that terminates mTLS, with a bearer token; its other
+transports have no TLS, so "n/a").
 
 Servers run in child processes on 127.0.0.1; the vgi-flight and raw clients run in this process,
 each vgi-rpc transport's client in a worker process of the Python 3.13 venv (``benchmarks.vgirpc``).
@@ -156,8 +157,13 @@ class Peers:
 
 
 @contextlib.contextmanager
-def mode_sides(mode: str, peers: Peers, sizes: Sizes) -> Iterator[tuple[list[Side], dict[str, str]]]:
-    """Start the servers of one mode and connect every side; yields the sides and why others are missing."""
+def mode_sides(
+    mode: str, peers: Peers, sizes: Sizes, *, raw_hmac: bool = True
+) -> Iterator[tuple[list[Side], dict[str, str]]]:
+    """Start the servers of one mode and connect every side; yields the sides and why others are missing.
+
+    ``raw_hmac=False``: in the secure mode raw Flight uses mTLS alone (what request signing costs).
+    """
     notes: dict[str, str] = {}
     sides: list[Side] = []
     with contextlib.ExitStack() as stack:
@@ -174,7 +180,7 @@ def mode_sides(mode: str, peers: Peers, sizes: Sizes) -> Iterator[tuple[list[Sid
                 "cert_chain": files["client-bench.pem"],
                 "private_key": files["client-bench.key"],
             }
-            vgi_options, raw_options = ("--tls", certs, "--hmac"), ("--tls", certs)
+            vgi_options, raw_options = ("--tls", certs, "--hmac"), ("--tls", certs, *(("--hmac",) if raw_hmac else ()))
         vgi_loc = stack.enter_context(server_process("vgi", "--local-data", *vgi_options)).location
         raw_loc = stack.enter_context(server_process("raw", *raw_options)).location
         auth = HmacAuth(HMAC_KEY_ID, HMAC_SECRET) if mode == SECURE else None
@@ -185,7 +191,8 @@ def mode_sides(mode: str, peers: Peers, sizes: Sizes) -> Iterator[tuple[list[Sid
         sides.append(LocalSide(VGI, vgi_samplers))
         raw = flight.FlightClient(raw_loc, **tls)
         stack.callback(raw.close)
-        sides.append(LocalSide(RAW, raw_samplers(raw, sizes)))
+        raw_key = (HMAC_KEY_ID, HMAC_SECRET) if mode == SECURE and raw_hmac else None
+        sides.append(LocalSide(RAW, raw_samplers(raw, sizes, hmac_key=raw_key)))
         for transport, name in zip(TRANSPORTS, RPC, strict=True):
             if peers.skipped is not None or peers.python is None:
                 notes[name] = peers.skipped or "skipped"
@@ -238,12 +245,12 @@ def round_order(sides: Sequence[Side], r: int) -> list[Side]:
 
 
 def run_mode(
-    mode: str, workloads: Sequence[Workload], plan: Plan, peers: Peers, started: float
+    mode: str, workloads: Sequence[Workload], plan: Plan, peers: Peers, started: float, *, raw_hmac: bool = True
 ) -> dict[str, dict[str, Cell]]:
     """Every workload of one mode, in rounds over all sides: {workload: {side: Cell}}."""
     cells = {w.key: {name: Cell() for name in SIDES} for w in workloads}
     sizes = plan.sizes.to_json()
-    with mode_sides(mode, peers, plan.sizes) as (sides, notes):
+    with mode_sides(mode, peers, plan.sizes, raw_hmac=raw_hmac) as (sides, notes):
         for w in workloads:
             for name, note in notes.items():
                 cells[w.key][name].note = note
@@ -587,6 +594,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     keys = [w.key for w in WORKLOADS]
     parser.add_argument("--only", help=f"comma-separated workloads, of: {', '.join(keys)}")
     parser.add_argument("--rounds", type=int, help="rounds per workload (default: 7, quick: 3)")
+    parser.add_argument(
+        "--raw-mtls-only",
+        action="store_true",
+        help="in the mTLS+HMAC mode, raw Flight does not sign requests (shows what signing costs vgi-flight)",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.rounds:
@@ -609,11 +621,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         if skipped:
             print(f"vgi-rpc: {skipped}", file=sys.stderr)
     modes = [PLAIN] if args.no_secure else [PLAIN, SECURE]
-    results = {mode: run_mode(mode, workloads, plan, peers, started) for mode in modes}
+    raw_hmac = not args.raw_mtls_only
+    results = {mode: run_mode(mode, workloads, plan, peers, started, raw_hmac=raw_hmac) for mode in modes}
     rows = rows_of(results, workloads, plan.sizes)
     rows += token_rows(rows)
     seconds = time.perf_counter() - started
     env = environment(peers, plan, seconds, load_before)
+    env["raw_secure"] = "mTLS + HMAC" if raw_hmac else "mTLS only"
 
     print()
     for line in table_lines(rows, args.markdown):
@@ -632,6 +646,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"vgi-flight on Python {env['python']}, pyarrow {env['pyarrow']}{rpc_text}; {env['machine']}, load average "
         f"{load['before']} before, {load['after']} after; {seconds:.0f} s"
     )
+    if SECURE in modes:
+        print(f"raw Flight in the {SECURE} mode: {env['raw_secure']}")
     if args.json:
         samples = {
             mode: {w: {n: asdict(c) for n, c in cells.items()} for w, cells in by_workload.items()}

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from benchmarks.common import BULK_ROWS, BULK_SCHEMA, SMALL_SCHEMA, bulk_batch, small_batch
+from benchmarks.raw_hmac import MIDDLEWARE_KEY, HmacMiddleware, HmacVerifier
 from vgi_flight import (
     AnnotatedBatch,
     ArrowSerializableDataclass,
@@ -252,9 +253,20 @@ def add_ipc(a: int, b: int) -> bytes:
 
 
 class RawServer(flight.FlightServerBase):  # type: ignore[misc]
-    """The same workloads hand-written on pyarrow.flight: the floor vgi-flight is measured against."""
+    """The same workloads hand-written on pyarrow.flight: the floor vgi-flight is measured against.
+
+    With ``hmac`` it requires signed requests like vgi-flight's ``--hmac`` server (see ``raw_hmac``).
+    """
+
+    def __init__(self, location: str, *, hmac: HmacVerifier | None = None, **options: Any) -> None:
+        if hmac is not None:
+            options["middleware"] = {MIDDLEWARE_KEY: HmacMiddleware()}
+        super().__init__(location, **options)
+        self._hmac = hmac
 
     def do_action(self, context: Any, action: flight.Action) -> Iterator[bytes]:
+        if self._hmac is not None:
+            self._hmac.verify(context, "DoAction", action.type.encode() + b"\n" + action.body.to_pybytes())
         if action.type == "noop":
             return iter([b""])
         if action.type == "add":
@@ -266,6 +278,8 @@ class RawServer(flight.FlightServerBase):  # type: ignore[misc]
         raise flight.FlightServerError("unknown action")
 
     def do_get(self, context: Any, ticket: flight.Ticket) -> flight.FlightDataStream:
+        if self._hmac is not None:
+            self._hmac.verify(context, "DoGet", ticket.ticket)
         kind, _, count = ticket.ticket.decode().partition(":")
         n = int(count)
         if kind == "small":
@@ -276,6 +290,8 @@ class RawServer(flight.FlightServerBase):  # type: ignore[misc]
         return flight.GeneratorStream(BULK_SCHEMA, (batch for _ in range(n)))
 
     def do_exchange(self, context: Any, descriptor: Any, reader: Any, writer: Any) -> None:
+        if self._hmac is not None:
+            self._hmac.verify(context, "DoExchange", descriptor.command)
         writer.begin(BULK_SCHEMA if descriptor.command == b"bulk_echo" else SMALL_SCHEMA)
         for chunk in reader:
             writer.write_batch(chunk.data)
@@ -337,7 +353,7 @@ def main() -> None:
     Prints the location.
 
     ``--tls DIR`` serves mTLS with DIR/server.pem, DIR/server.key and client certificates verified
-    against DIR/ca.pem. ``--hmac`` (vgi only) requires HMAC-signed requests. ``--local-data`` (vgi
+    against DIR/ca.pem. ``--hmac`` requires HMAC-signed requests. ``--local-data`` (vgi
     only) also serves producers over a local data channel.
     """
     args = sys.argv[1:]
@@ -354,7 +370,8 @@ def main() -> None:
         }
         scheme = "grpc+tls"
     if which == "raw":
-        server = RawServer(f"{scheme}://127.0.0.1:0", **tls)
+        verifier = HmacVerifier({HMAC_KEY_ID: HMAC_SECRET}) if "--hmac" in args else None
+        server = RawServer(f"{scheme}://127.0.0.1:0", hmac=verifier, **tls)
         print(f"{scheme}://127.0.0.1:{server.port}", flush=True)
         server.serve()
     else:
