@@ -222,7 +222,7 @@ def _put_str(parts: list[bytes], value: bytes, size: struct.Struct) -> None:
 class StreamSigner:
     """Mints the tokens of one stream; the fixed prefix is packed and pre-hashed once."""
 
-    __slots__ = ("_aead", "_inner", "_mac", "_outer", "_prefix", "_ttl", "binding")
+    __slots__ = ("_aead", "_inner", "_mac", "_mac_key", "_outer", "_prefix", "_ttl", "binding")
 
     def __init__(self, ring: KeyRing, binding: StreamBinding, ttl: float | None, *, encrypt: bool = False) -> None:
         """Prepare to mint tokens for ``binding`` with the ring's current key.
@@ -244,11 +244,13 @@ class StreamSigner:
         _put_str(parts, binding.input_schema, _U32)
         self._prefix = b"".join(parts)
         # The prefix is hashed once per stream, so each token hashes only its tail: short tails (the
-        # usual flat state) through the built-in SHA-256 from HMAC pads, long ones through OpenSSL.
+        # usual flat state) through the built-in SHA-256 from HMAC pads, long ones through OpenSSL,
+        # whose prefix-hashed state is made when the stream mints its first long token.
         self._inner = keys.mac_pads[0].copy()
         self._inner.update(self._prefix)
         self._outer = keys.mac_pads[1]
-        self._mac = hmac.new(keys.mac, self._prefix, hashlib.sha256)
+        self._mac_key = keys.mac
+        self._mac: hmac.HMAC | None = None
         self._aead = keys.aead if encrypt else None
         self._ttl = ttl
         self.binding = binding
@@ -281,6 +283,8 @@ class StreamSigner:
             outer = self._outer.copy()
             outer.update(inner.digest())
             return b"".join((self._prefix, tail, outer.digest()))
+        if self._mac is None:
+            self._mac = hmac.new(self._mac_key, self._prefix, hashlib.sha256)
         mac = self._mac.copy()
         mac.update(tail)
         return b"".join((self._prefix, tail, mac.digest()))
