@@ -116,9 +116,38 @@ def test_live_server_refuses_mutated_requests_cleanly(
 def test_data_metadata_fast_path_matches_json(token: bytes, seq: int) -> None:
     import json
 
-    encoded = wire.data_metadata(token, seq, None)
+    encoded = wire.data_metadata(wire.b64(token).encode(), seq, None)
     assert wire.parse_metadata(encoded) == json.loads(encoded)
     assert wire.unb64(wire.parse_metadata(encoded)["token"], "token") == token
+    assert wire.plain_data(encoded) == (seq, wire.b64(token).encode())
+
+
+JSON_VALUES = st.one_of(st.text(max_size=12), st.integers(-5, 2**63), st.none(), st.booleans())
+
+
+@FUZZ
+@given(
+    st.permutations(["kind", "seq", "token"]),
+    st.dictionaries(st.sampled_from(["metadata", "x", "token"]), JSON_VALUES, max_size=2),
+    st.text(max_size=40),
+    st.integers(0, 2**63),
+)
+def test_data_fast_path_takes_only_the_plain_shape(
+    order: list[str], extra: dict[str, object], token: str, seq: int
+) -> None:
+    # Key orders, extra keys, escapes and non-base64 tokens: the fast path either reads what the
+    # JSON parser reads or leaves the message to it.
+    import json
+
+    obj: dict[str, object] = {key: {"kind": "data", "seq": seq, "token": token}[key] for key in order}
+    obj.update(extra)
+    for encoded in (json.dumps(obj, separators=(",", ":")).encode(), json.dumps(obj).encode()):
+        assert wire.parse_metadata(encoded) == json.loads(encoded)
+        plain = wire.plain_data(encoded)
+        if plain is not None:
+            parsed = json.loads(encoded)
+            assert set(parsed) == {"kind", "seq", "token"}
+            assert plain == (parsed["seq"], parsed["token"].encode())
 
 
 @FUZZ

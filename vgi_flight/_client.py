@@ -432,7 +432,13 @@ class StreamSession:
                 return
             except (flight.FlightError, pa.ArrowException) as exc:
                 raise self._classify(exc) from None
-            meta = wire.parse_metadata(chunk.app_metadata)
+            raw = chunk.app_metadata
+            plain = wire.plain_data(raw) if raw is not None else None
+            if plain is not None and plain[0] > self._seq:  # the usual message, in one step
+                self._seq, self._token_b64 = plain
+                yield AnnotatedBatch(_assemble(parts, chunk.data))
+                continue
+            meta = wire.parse_metadata(raw)
             kind = meta.get("kind")
             if kind == wire.KIND_DATA:
                 batch = _assemble(parts, chunk.data)
@@ -530,15 +536,12 @@ class StreamSession:
         except StopIteration:
             raise _protocol_error("server ended the stream while a 'data' message was expected") from None
         raw = chunk.app_metadata
-        plain = wire.PLAIN_DATA.fullmatch(raw) if raw is not None else None
-        if plain is not None:
-            seq = int(plain[1])
-            if seq > self._seq:
-                self._token_b64 = plain[2]
-                self._seq = seq
-                self._last_meta = _NO_METADATA
-                data: pa.RecordBatch = chunk.data
-                return data
+        plain = wire.plain_data(raw) if raw is not None else None
+        if plain is not None and plain[0] > self._seq:
+            self._seq, self._token_b64 = plain
+            self._last_meta = _NO_METADATA
+            data: pa.RecordBatch = chunk.data
+            return data
         return self._read_until(wire.KIND_DATA, chunk)  # logs, slices, custom metadata, replays
 
     def exchange(self, input: AnnotatedBatch) -> AnnotatedBatch:

@@ -122,6 +122,10 @@ class _LiveStream:
         """Mint a token for the current position."""
         return self.signer.mint(self.seq, state_to_bytes(self.state))
 
+    def token_b64(self) -> bytes:
+        """Mint a token for the current position, in base64 as a data message carries it."""
+        return self.signer.mint_b64(self.seq, state_to_bytes(self.state))
+
     def turn(self, input: AnnotatedBatch, invoke: _Invoke | None) -> OutputCollector:
         """Run one ``process`` call (through ``invoke``, or inline) and check it kept the stream's rules."""
         out = OutputCollector(self.output_schema, producer=not self.exchange)
@@ -310,7 +314,7 @@ class _Dispatcher:
 
         Slicing at ``max_message_bytes`` lets clients with gRPC's 4 MiB receive limit read any batch.
         """
-        metadata = wire.data_metadata(live.token(), live.seq, data.custom_metadata)
+        metadata = wire.data_metadata(live.token_b64(), live.seq, data.custom_metadata)
         batch = data.batch
         # The buffer total is cheap and never below nbytes; only a large batch pays for the exact size.
         if record.batch_out(batch) <= self.max_message_bytes or live.whole_batches or batch.num_rows <= 1:
@@ -907,16 +911,21 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
     ) -> Iterator[tuple[pa.RecordBatch, bytes]]:
         for metadata in prelude:
             yield empty, metadata
-        # No context.is_cancelled() per batch: it costs ~80 us inside a streaming call, and a client
-        # that goes away makes pyarrow close this generator (GeneratorExit) at the next yield anyway.
+        # Looked up once: this loop runs per batch. No context.is_cancelled() per batch: it costs
+        # ~80 us inside a streaming call, and a client that goes away makes pyarrow close this
+        # generator (GeneratorExit) at the next yield anyway.
+        d = self._d
+        turn, invoke, data_messages = live.turn, d.turn_invoke, d.data_messages
         while True:
-            self._d.check_not_ending()
-            out = live.turn(_TICK, self._d.turn_invoke)
-            for msg in out.logs:
-                yield empty, wire.log_json(msg)
+            if d.ending:
+                d.check_not_ending()
+            out = turn(_TICK, invoke)
+            if out.logs:
+                for msg in out.logs:
+                    yield empty, wire.log_json(msg)
             data = out.data
             if data is not None:
-                yield from self._d.data_messages(live, data, record)
+                yield from data_messages(live, data, record)
             if out.finished:
                 return
 

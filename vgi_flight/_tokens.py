@@ -34,6 +34,7 @@ stream, so its HMAC prefix is computed once per stream.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import hmac
 import logging
@@ -69,6 +70,7 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _TAIL = struct.Struct(">QQQI")
 _TIMES = struct.Struct(">QQQ")
+_TIMES_AND_SIZE = struct.Struct(">QQQI")  # issued_at, expires_at, seq and the state's length
 
 log = logging.getLogger("vgi_flight.tokens")
 
@@ -222,7 +224,18 @@ def _put_str(parts: list[bytes], value: bytes, size: struct.Struct) -> None:
 class StreamSigner:
     """Mints the tokens of one stream; the fixed prefix is packed and pre-hashed once."""
 
-    __slots__ = ("_aead", "_inner", "_mac", "_mac_key", "_outer", "_prefix", "_ttl", "binding")
+    __slots__ = (
+        "_aead",
+        "_inner",
+        "_mac",
+        "_mac_key",
+        "_outer",
+        "_prefix",
+        "_prefix_b64",
+        "_prefix_rest",
+        "_ttl",
+        "binding",
+    )
 
     def __init__(self, ring: KeyRing, binding: StreamBinding, ttl: float | None, *, encrypt: bool = False) -> None:
         """Prepare to mint tokens for ``binding`` with the ring's current key.
@@ -243,6 +256,11 @@ class StreamSigner:
         _put_str(parts, binding.output_schema, _U32)
         _put_str(parts, binding.input_schema, _U32)
         self._prefix = b"".join(parts)
+        # Base64 works in 3-byte groups: the prefix's whole groups are encoded once per stream, and
+        # each token encodes only the rest (a few prefix bytes, the tail and the MAC).
+        whole = len(self._prefix) - len(self._prefix) % 3
+        self._prefix_b64 = binascii.b2a_base64(self._prefix[:whole], newline=False)
+        self._prefix_rest = self._prefix[whole:]
         # The prefix is hashed once per stream, so each token hashes only its tail: short tails (the
         # usual flat state) through the built-in SHA-256 from HMAC pads, long ones through OpenSSL,
         # whose prefix-hashed state is made when the stream mints its first long token.
@@ -270,24 +288,31 @@ class StreamSigner:
         Returns:
             The token bytes.
         """
+        return self._prefix + self._signed_tail(seq, state)
+
+    def mint_b64(self, seq: int, state: bytes) -> bytes:
+        """Return the standard base64 (ASCII bytes) of :meth:`mint`'s token: what ``app_metadata`` carries."""
+        return self._prefix_b64 + binascii.b2a_base64(self._prefix_rest + self._signed_tail(seq, state), newline=False)
+
+    def _signed_tail(self, seq: int, state: bytes) -> bytes:
+        """The token after the fixed prefix: times, seq, state and the MAC over the whole token."""
         now = int(time.time())
         expires = now + int(self._ttl) if self._ttl else 0
-        times = _TIMES.pack(now, expires, seq)
         if self._aead is not None:
             nonce = os.urandom(NONCE_SIZE)
-            state = nonce + self._aead.encrypt(nonce, state, self._prefix + times)
-        tail = b"".join((times, _U32.pack(len(state)), state))
+            state = nonce + self._aead.encrypt(nonce, state, self._prefix + _TIMES.pack(now, expires, seq))
+        tail = _TIMES_AND_SIZE.pack(now, expires, seq, len(state)) + state
         if len(tail) <= SMALL_INPUT:
             inner = self._inner.copy()
             inner.update(tail)
             outer = self._outer.copy()
             outer.update(inner.digest())
-            return b"".join((self._prefix, tail, outer.digest()))
+            return tail + outer.digest()
         if self._mac is None:
             self._mac = hmac.new(self._mac_key, self._prefix, hashlib.sha256)
         mac = self._mac.copy()
         mac.update(tail)
-        return b"".join((self._prefix, tail, mac.digest()))
+        return tail + mac.digest()
 
 
 class _Reader:

@@ -15,7 +15,6 @@ See ``docs/wire-protocol.md`` for the normative description. In short:
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import re
 from collections.abc import Mapping
@@ -283,18 +282,36 @@ def log_json(msg: Message) -> bytes:
     return json_bytes(obj)
 
 
-# The exact shape data_metadata writes for a batch without custom metadata: what nearly every data
-# message carries, so readers take it with one regex match instead of the JSON parser.
-PLAIN_DATA = re.compile(rb'\{"kind":"data","seq":([0-9]{1,19}),"token":"([A-Za-z0-9+/]*={0,2})"\}')
+# The head of what data_metadata writes for a batch without custom metadata: what nearly every
+# data message carries, so readers take it with plain_data instead of the JSON parser.
+_PLAIN_DATA_HEAD = re.compile(rb'\{"kind":"data","seq":([0-9]{1,19}),"token":"')
 
 
-def data_metadata(token: bytes, seq: int, custom: pa.KeyValueMetadata | None) -> bytes:
-    """app_metadata of a data message."""
+def plain_data(raw: bytes | pa.Buffer) -> tuple[int, bytes] | None:
+    """``(seq, base64 token)`` of a data message without custom metadata, else ``None`` (parse it as JSON).
+
+    The usual message is ``{"kind":"data","seq":N,"token":"..."}``: the head is matched, and the
+    token runs to the closing quote, which must be the last quote of the message, followed by
+    ``}`` alone, with no escapes and only ASCII in between. Whether the token is valid base64 is
+    checked where it is decoded (:func:`unb64`).
+    """
+    if not isinstance(raw, bytes):
+        raw = raw.to_pybytes()
+    head = _PLAIN_DATA_HEAD.match(raw)
+    if head is None:
+        return None
+    start, end = head.end(), len(raw) - 2
+    if raw[end:] != b'"}' or raw.find(b'"', start) != end or raw.find(b"\\", start) != -1 or not raw.isascii():
+        return None
+    return int(head[1]), raw[start:end]
+
+
+def data_metadata(token_b64: bytes, seq: int, custom: pa.KeyValueMetadata | None) -> bytes:
+    """app_metadata of a data message; ``token_b64`` is the token in standard base64 (ASCII bytes)."""
     if not custom:  # the per-batch hot path: base64 needs no JSON escaping
-        return b'{"kind":"data","seq":%d,"token":"%s"}' % (seq, binascii.b2a_base64(token, newline=False))
-    obj: dict[str, Any] = {"kind": KIND_DATA, "seq": seq, "token": b64(token)}
-    if custom:
-        obj["metadata"] = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in custom.items()}
+        return b'{"kind":"data","seq":%d,"token":"%s"}' % (seq, token_b64)
+    obj: dict[str, Any] = {"kind": KIND_DATA, "seq": seq, "token": token_b64.decode("ascii")}
+    obj["metadata"] = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in custom.items()}
     return json_bytes(obj)
 
 
@@ -332,9 +349,9 @@ def parse_metadata(raw: bytes | pa.Buffer | None) -> dict[str, Any]:
     data = raw.to_pybytes() if isinstance(raw, pa.Buffer) else raw
     if not data:
         return {}
-    plain = PLAIN_DATA.fullmatch(data)
+    plain = plain_data(data)
     if plain is not None:
-        return {"kind": KIND_DATA, "seq": int(plain[1]), "token": plain[2].decode("ascii")}
+        return {"kind": KIND_DATA, "seq": plain[0], "token": plain[1].decode("ascii")}
     try:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError):
