@@ -15,7 +15,8 @@ side at a time, vgi-flight and raw Flight back to back (taking turns at going fi
 place among the vgi-rpc sides (seeded per round), so that noise, and what the side before leaves
 behind, hits all sides alike.
 Figures are medians of all samples of all rounds, with the spread (lowest and highest per-round
-median) and, for latency, p99; ratios are computed within the run.
+median) and, for latency, p99; ratios are computed within the run. Every process of the run holds
+glibc's malloc thresholds fixed (``benchmarks.allocator``; ``--malloc-defaults`` to leave them).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from benchmarks.allocator import hold_thresholds
 from benchmarks.clients import raw_samplers, vgi_flight_samplers
 from benchmarks.common import BULK_ROWS, SMALL_SCHEMA, Sampler, Sizes, bulk_batch, latency_samples
 from benchmarks.nginx import NGINX, tls_front
@@ -599,7 +601,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="in the mTLS+HMAC mode, raw Flight does not sign requests (shows what signing costs vgi-flight)",
     )
+    parser.add_argument(
+        "--malloc-defaults",
+        action="store_true",
+        help="leave glibc's adaptive malloc thresholds (bulk rows then vary with each process's heap history)",
+    )
     args = parser.parse_args(argv)
+    allocator = "allocator defaults (--malloc-defaults)" if args.malloc_defaults else hold_thresholds()
     plan = QUICK if args.quick else FULL
     if args.rounds:
         plan = replace(plan, rounds=args.rounds)
@@ -628,6 +636,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     seconds = time.perf_counter() - started
     env = environment(peers, plan, seconds, load_before)
     env["raw_secure"] = "mTLS + HMAC" if raw_hmac else "mTLS only"
+    env["allocator"] = allocator
 
     print()
     for line in table_lines(rows, args.markdown):
@@ -648,6 +657,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if SECURE in modes:
         print(f"raw Flight in the {SECURE} mode: {env['raw_secure']}")
+    print(allocator)
     if args.json:
         samples = {
             mode: {w: {n: asdict(c) for n, c in cells.items()} for w, cells in by_workload.items()}
