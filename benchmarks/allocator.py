@@ -7,7 +7,7 @@ is written into fresh pages (a page fault and a zeroed page per 4 KiB) depends o
 allocation history. Measured on a bulk producer client: 40,000 to 110,000 faults per GiB, the
 same code faster or slower by up to 25% from one process to the next, and a different draw for
 each side sharing the process, so a whole run could favour either library. With both thresholds
-fixed the faults are gone on every side (raw Flight's client ran 2.0-2.4 -> 3.0 GB/s).
+fixed the faults are gone on every side (raw Flight's client: 2.0-2.5 -> 2.7-3.0 GB/s within an hour).
 
 :func:`hold_thresholds` sets them in this process (``mallopt``) and, through glibc's environment
 variables, in every child started afterwards: servers, vgi-rpc workers, nginx.
