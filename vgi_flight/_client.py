@@ -409,6 +409,17 @@ class StreamSession:
         except (flight.FlightError, pa.ArrowException) as exc:
             raise self._classify(exc) from None
 
+    def _took_plain_data(self, raw: pa.Buffer | bytes | None) -> bool:
+        """Take the usual data message (seq and token only, next in sequence) in one step; else ``False``.
+
+        Anything else (logs, slices, custom metadata, a replay after a resume) is left to the caller.
+        """
+        plain = wire.plain_data(raw) if raw is not None else None
+        if plain is None or plain[0] <= self._seq:
+            return False
+        self._seq, self._token_b64 = plain
+        return True
+
     def _read_producer(self) -> Iterator[AnnotatedBatch]:
         """Read the producer from the current position; raise :class:`_BrokenError` when the call breaks."""
         reader: flight.FlightStreamReader | LocalStreamReader | None = self._opened_reader
@@ -432,13 +443,10 @@ class StreamSession:
                 return
             except (flight.FlightError, pa.ArrowException) as exc:
                 raise self._classify(exc) from None
-            raw = chunk.app_metadata
-            plain = wire.plain_data(raw) if raw is not None else None
-            if plain is not None and plain[0] > self._seq:  # the usual message, in one step
-                self._seq, self._token_b64 = plain
+            if self._took_plain_data(chunk.app_metadata):
                 yield AnnotatedBatch(_assemble(parts, chunk.data))
                 continue
-            meta = wire.parse_metadata(raw)
+            meta = wire.parse_metadata(chunk.app_metadata)
             kind = meta.get("kind")
             if kind == wire.KIND_DATA:
                 batch = _assemble(parts, chunk.data)
@@ -535,10 +543,7 @@ class StreamSession:
             chunk = self._reader.read_chunk()
         except StopIteration:
             raise _protocol_error("server ended the stream while a 'data' message was expected") from None
-        raw = chunk.app_metadata
-        plain = wire.plain_data(raw) if raw is not None else None
-        if plain is not None and plain[0] > self._seq:
-            self._seq, self._token_b64 = plain
+        if self._took_plain_data(chunk.app_metadata):
             self._last_meta = _NO_METADATA
             data: pa.RecordBatch = chunk.data
             return data

@@ -911,21 +911,16 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
     ) -> Iterator[tuple[pa.RecordBatch, bytes]]:
         for metadata in prelude:
             yield empty, metadata
-        # Looked up once: this loop runs per batch. No context.is_cancelled() per batch: it costs
-        # ~80 us inside a streaming call, and a client that goes away makes pyarrow close this
-        # generator (GeneratorExit) at the next yield anyway.
-        d = self._d
-        turn, invoke, data_messages = live.turn, d.turn_invoke, d.data_messages
+        # No context.is_cancelled() per batch: it costs ~80 us inside a streaming call, and a client
+        # that goes away makes pyarrow close this generator (GeneratorExit) at the next yield anyway.
         while True:
-            if d.ending:
-                d.check_not_ending()
-            out = turn(_TICK, invoke)
-            if out.logs:
-                for msg in out.logs:
-                    yield empty, wire.log_json(msg)
+            self._d.check_not_ending()
+            out = live.turn(_TICK, self._d.turn_invoke)
+            for msg in out.logs:
+                yield empty, wire.log_json(msg)
             data = out.data
             if data is not None:
-                yield from data_messages(live, data, record)
+                yield from self._d.data_messages(live, data, record)
             if out.finished:
                 return
 

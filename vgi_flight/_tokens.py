@@ -70,7 +70,6 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _TAIL = struct.Struct(">QQQI")
 _TIMES = struct.Struct(">QQQ")
-_TIMES_AND_SIZE = struct.Struct(">QQQI")  # issued_at, expires_at, seq and the state's length
 
 log = logging.getLogger("vgi_flight.tokens")
 
@@ -301,7 +300,7 @@ class StreamSigner:
         if self._aead is not None:
             nonce = os.urandom(NONCE_SIZE)
             state = nonce + self._aead.encrypt(nonce, state, self._prefix + _TIMES.pack(now, expires, seq))
-        tail = _TIMES_AND_SIZE.pack(now, expires, seq, len(state)) + state
+        tail = _TAIL.pack(now, expires, seq, len(state)) + state
         if len(tail) <= SMALL_INPUT:
             inner = self._inner.copy()
             inner.update(tail)

@@ -310,9 +310,8 @@ def data_metadata(token_b64: bytes, seq: int, custom: pa.KeyValueMetadata | None
     """app_metadata of a data message; ``token_b64`` is the token in standard base64 (ASCII bytes)."""
     if not custom:  # the per-batch hot path: base64 needs no JSON escaping
         return b'{"kind":"data","seq":%d,"token":"%s"}' % (seq, token_b64)
-    obj: dict[str, Any] = {"kind": KIND_DATA, "seq": seq, "token": token_b64.decode("ascii")}
-    obj["metadata"] = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in custom.items()}
-    return json_bytes(obj)
+    metadata = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in custom.items()}
+    return json_bytes({"kind": KIND_DATA, "seq": seq, "token": token_b64.decode("ascii"), "metadata": metadata})
 
 
 def part_metadata(seq: int) -> bytes:
