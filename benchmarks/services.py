@@ -103,6 +103,7 @@ def one_batch(mib: int) -> pa.RecordBatch:
 
 @dataclass
 class SmallState(ProducerState):
+    run_ahead = 8  # produce() computes in memory and never waits: the server may run turns ahead
     remaining: int
     i: int = 0
 
@@ -117,6 +118,7 @@ class SmallState(ProducerState):
 
 @dataclass
 class BulkState(ProducerState):
+    run_ahead = 8  # produce() computes in memory and never waits: the server may run turns ahead
     remaining: int
 
     def produce(self, out: OutputCollector, ctx: CallContext) -> None:

@@ -70,6 +70,10 @@ log = logging.getLogger("vgi_flight.server")
 T = TypeVar("T")
 
 _TICK = AnnotatedBatch(pa.RecordBatch.from_pydict({}))
+# Bounds of a producer's run of turns ahead of sending (ProducerState.run_ahead): the bytes held
+# back, and how long a batch already made may wait for the turns after it.
+RUN_AHEAD_BYTES = 8 << 20
+RUN_AHEAD_SECONDS = 0.001
 # The result of every void method: the empty schema and one batch without columns.
 _VOID_RESULT = wire.ipc_bytes(pa.RecordBatch.from_pydict({}))
 
@@ -913,16 +917,33 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
             yield empty, metadata
         # No context.is_cancelled() per batch: it costs ~80 us inside a streaming call, and a client
         # that goes away makes pyarrow close this generator (GeneratorExit) at the next yield anyway.
-        while True:
-            self._d.check_not_ending()
-            out = live.turn(_TICK, self._d.turn_invoke)
-            for msg in out.logs:
-                yield empty, wire.log_json(msg)
-            data = out.data
-            if data is not None:
-                yield from self._d.data_messages(live, data, record)
-            if out.finished:
-                return
+        run_ahead = max(1, int(getattr(live.state, "run_ahead", 1)))
+        finished = False
+        while not finished:
+            # One run: up to run_ahead turns, then their messages. Turns that run together keep the
+            # interpreter's working set warm, where a send of a large batch between them left it cold.
+            pending: list[tuple[pa.RecordBatch, bytes]] = []
+            started, bytes_before = time.perf_counter(), record.bytes_out
+            try:
+                for turn in range(1, run_ahead + 1):
+                    self._d.check_not_ending()
+                    out = live.turn(_TICK, self._d.turn_invoke)
+                    for msg in out.logs:
+                        pending.append((empty, wire.log_json(msg)))
+                    if out.data is not None:
+                        pending += self._d.data_messages(live, out.data, record)
+                    finished = out.finished
+                    if (
+                        finished
+                        or turn == run_ahead
+                        or record.bytes_out - bytes_before >= RUN_AHEAD_BYTES
+                        or time.perf_counter() - started >= RUN_AHEAD_SECONDS
+                    ):
+                        break
+            except Exception:
+                yield from pending  # what the run's earlier turns made goes out before the failure
+                raise
+            yield from pending
 
     def do_exchange(
         self,
