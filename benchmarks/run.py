@@ -10,7 +10,9 @@ transports have no TLS, so "n/a").
 
 Servers run in child processes on 127.0.0.1; the vgi-flight and raw clients run in this process,
 each vgi-rpc transport's client in a worker process of the Python 3.13 venv (``benchmarks.vgirpc``).
-Every client connects once per mode. Each workload runs in rounds; a round runs every side once, one
+Every client connects once per mode. vgi-flight and raw Flight each run three server processes per
+mode: the bulk workloads take the next one every round, the others use the first. Each workload runs
+in rounds; a round runs every side once, one
 side at a time, vgi-flight and raw Flight back to back (taking turns at going first) at a random
 place among the vgi-rpc sides (seeded per round), so that noise, and what the side before leaves
 behind, hits all sides alike.
@@ -122,15 +124,33 @@ class Side(Protocol):
 SAMPLED_AS = {"bulk_local": "bulk"}
 
 
-class LocalSide:
-    """vgi-flight or raw Flight: samplers run in this process."""
+# Bulk workloads rotate over several server processes per side, one per round. How fast one process
+# moves bulk data depends on where its memory and threads landed: processes of the same server code
+# differ by up to 15% for their whole life, so one process per side made a bulk row a draw.
+ROTATED = frozenset({"bulk", "bulk_local", "bulk_exchange"})
+BULK_SERVERS = 3
 
-    def __init__(self, name: str, samplers: dict[str, Sampler]) -> None:
+
+class LocalSide:
+    """vgi-flight or raw Flight: samplers run in this process, one set per server process of the side.
+
+    Rotated workloads take the next server process at every call (and warm each one up on its first
+    use); the others use the first.
+    """
+
+    def __init__(self, name: str, samplers: list[dict[str, Sampler]]) -> None:
         self.name = name
         self.samplers = samplers
+        self._calls: dict[str, int] = {}
+        self._warmup: dict[str, int] = {}
 
     def sample(self, workload: str, count: int, warmup: int, sizes: dict[str, int]) -> list[float]:
-        return self.samplers[workload](count, warmup)
+        if workload not in ROTATED:
+            return self.samplers[0][workload](count, warmup)
+        calls = self._calls.get(workload, 0)
+        self._calls[workload] = calls + 1
+        warmup = self._warmup.setdefault(workload, warmup) if calls < len(self.samplers) else 0
+        return self.samplers[calls % len(self.samplers)][workload](count, warmup)
 
 
 @dataclass
@@ -183,18 +203,23 @@ def mode_sides(
                 "private_key": files["client-bench.key"],
             }
             vgi_options, raw_options = ("--tls", certs, "--hmac"), ("--tls", certs, *(("--hmac",) if raw_hmac else ()))
-        vgi_loc = stack.enter_context(server_process("vgi", "--local-data", *vgi_options)).location
-        raw_loc = stack.enter_context(server_process("raw", *raw_options)).location
         auth = HmacAuth(HMAC_KEY_ID, HMAC_SECRET) if mode == SECURE else None
-        svc = stack.enter_context(connect(BenchService, vgi_loc, auth=auth, **tls))
-        vgi_samplers = vgi_flight_samplers(svc, sizes)
-        local = stack.enter_context(connect(BenchService, vgi_loc, auth=auth, local_data=True, **tls))
-        vgi_samplers["bulk_local"] = vgi_flight_samplers(local, sizes)["bulk"]
-        sides.append(LocalSide(VGI, vgi_samplers))
-        raw = flight.FlightClient(raw_loc, **tls)
-        stack.callback(raw.close)
         raw_key = (HMAC_KEY_ID, HMAC_SECRET) if mode == SECURE and raw_hmac else None
-        sides.append(LocalSide(RAW, raw_samplers(raw, sizes, hmac_key=raw_key)))
+        vgi_sets: list[dict[str, Sampler]] = []
+        raw_sets: list[dict[str, Sampler]] = []
+        for _ in range(BULK_SERVERS):
+            vgi_loc = stack.enter_context(server_process("vgi", "--local-data", *vgi_options)).location
+            raw_loc = stack.enter_context(server_process("raw", *raw_options)).location
+            svc = stack.enter_context(connect(BenchService, vgi_loc, auth=auth, **tls))
+            vgi_samplers = vgi_flight_samplers(svc, sizes)
+            local = stack.enter_context(connect(BenchService, vgi_loc, auth=auth, local_data=True, **tls))
+            vgi_samplers["bulk_local"] = vgi_flight_samplers(local, sizes)["bulk"]
+            vgi_sets.append(vgi_samplers)
+            raw = flight.FlightClient(raw_loc, **tls)
+            stack.callback(raw.close)
+            raw_sets.append(raw_samplers(raw, sizes, hmac_key=raw_key))
+        sides.append(LocalSide(VGI, vgi_sets))
+        sides.append(LocalSide(RAW, raw_sets))
         for transport, name in zip(TRANSPORTS, RPC, strict=True):
             if peers.skipped is not None or peers.python is None:
                 notes[name] = peers.skipped or "skipped"
