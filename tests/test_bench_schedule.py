@@ -1,9 +1,13 @@
-"""The benchmark's bulk rows rotate over a side's server processes, warming each one up once."""
+"""How the benchmark schedules bulk rows: server processes in rotation, and a settled machine before each."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from benchmarks.common import Sampler
-from benchmarks.run import LocalSide
+from benchmarks.run import LocalSide, cpu_idle_fraction, settle
 
 
 def test_bulk_rounds_rotate_over_server_processes() -> None:
@@ -30,3 +34,14 @@ def test_bulk_rounds_rotate_over_server_processes() -> None:
         (0, "noop", 3),  # other workloads stay on the first process
         (0, "noop", 0),
     ]
+
+
+def test_idle_fraction_sees_a_busy_core() -> None:
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = 1.0 - cpu_idle_fraction(0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy >= 0.5 / (os.cpu_count() or 1)  # one spinning process keeps one core of all busy
+    settle(limit=0.2)  # bounded even when the machine never settles
