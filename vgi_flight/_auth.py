@@ -24,7 +24,6 @@ method + "\\n" + digest)``, ``method`` is the Flight RPC name (``DoAction``, ``D
 from __future__ import annotations
 
 import binascii
-import hashlib
 import hmac
 import os
 import re
@@ -40,7 +39,7 @@ import pyarrow.flight as flight
 
 from vgi_flight._context import AuthContext
 from vgi_flight._gil import pin_thread_state
-from vgi_flight._sha256 import SMALL_INPUT, Sha256, hmac_pads, short_sha256
+from vgi_flight._sha256 import HmacPads, hmac_pads, hmac_sha256, sha256_hex
 
 SCHEME = "VGI-HMAC-SHA256"
 MIDDLEWARE_KEY = "vgi-auth"
@@ -109,15 +108,12 @@ class HmacAuth:
     key_id: str
     secret: bytes = field(repr=False)
     # Derived once per credential (see __post_init__): the key's HMAC pads and the constant prefixes.
-    _inner: Sha256 = field(init=False, repr=False, compare=False)
-    _outer: Sha256 = field(init=False, repr=False, compare=False)
+    _pads: HmacPads = field(init=False, repr=False, compare=False)
     _sign_prefix: str = field(init=False, repr=False, compare=False)
     _header_prefix: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        inner, outer = hmac_pads(self.secret)
-        object.__setattr__(self, "_inner", inner)
-        object.__setattr__(self, "_outer", outer)
+        object.__setattr__(self, "_pads", hmac_pads(self.secret))
         object.__setattr__(self, "_sign_prefix", f"{SCHEME}\n{self.key_id}\n")
         object.__setattr__(self, "_header_prefix", f"{SCHEME} kid={self.key_id}, ts=")
 
@@ -127,15 +123,11 @@ class HmacAuth:
 
     def headers(self, rpc: str, payload: bytes) -> list[tuple[bytes, bytes]]:
         """Return the ``authorization`` header for one call."""
-        # Flat on purpose: it runs on every call (see vgi_flight._sha256).
         ts = int(time.time())
         nonce = os.urandom(12).hex()
-        digest = (short_sha256(payload) if len(payload) <= SMALL_INPUT else hashlib.sha256(payload)).hexdigest()
-        mac = self._inner.copy()
-        mac.update(f"{self._sign_prefix}{ts}\n{nonce}\n{rpc}\n{digest}".encode())
-        sig = self._outer.copy()
-        sig.update(mac.digest())
-        sig64 = binascii.b2a_base64(sig.digest(), newline=False).decode()
+        digest = sha256_hex(payload)
+        sig = hmac_sha256(self._pads, f"{self._sign_prefix}{ts}\n{nonce}\n{rpc}\n{digest}".encode())
+        sig64 = binascii.b2a_base64(sig, newline=False).decode()
         return [(b"authorization", f"{self._header_prefix}{ts}, nonce={nonce}, digest={digest}, sig={sig64}".encode())]
 
 
@@ -391,11 +383,11 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[mis
         self._failed = CallCredential(self, failed=True)
         # key id -> (inner HMAC state, outer HMAC state, identity); None: the stand-in for unknown key ids,
         # checked like a real key so that unknown key ids take as long as known ones.
-        self._keys: dict[str, tuple[Sha256, Sha256, _Identity | None]] = {}
+        self._keys: dict[str, tuple[HmacPads, _Identity | None]] = {}
         for kid, key in config.hmac_keys.items():
             identity = _Identity(_frozen_context("hmac", key.principal, {"key_id": kid}))
-            self._keys[kid] = (*hmac_pads(key.secret), identity)
-        self._unknown_key: tuple[Sha256, Sha256, _Identity | None] = (*hmac_pads(b"\x00" * 32), None)
+            self._keys[kid] = (hmac_pads(key.secret), identity)
+        self._unknown_key: tuple[HmacPads, _Identity | None] = (hmac_pads(b"\x00" * 32), None)
         self._bearer = [
             (token.encode(), _Identity(_frozen_context("bearer", principal, {})))
             for token, principal in config.bearer_tokens.items()
@@ -448,25 +440,22 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[mis
         Raises:
             AuthenticationError: The request is refused.
         """
-        # One flat function: it runs on every signed call, with cold caches (see vgi_flight._sha256).
+        # It runs on every signed call: HMAC from the key's precomputed pads (see vgi_flight._sha256).
         try:
             match = _HMAC_HEADER.fullmatch(value)
             kid, ts, nonce, digest, sig = match.groups() if match is not None else _hmac_fields(value)
-            inner, outer, identity = self._keys.get(kid, self._unknown_key)
-            mac = inner.copy()
-            mac.update(f"{SCHEME}\n{kid}\n{ts}\n{nonce}\n{rpc}\n{digest}".encode())
-            expected = outer.copy()
-            expected.update(mac.digest())
+            pads, identity = self._keys.get(kid, self._unknown_key)
+            expected = hmac_sha256(pads, f"{SCHEME}\n{kid}\n{ts}\n{nonce}\n{rpc}\n{digest}".encode())
             try:
                 given = binascii.a2b_base64(sig, strict_mode=True)  # = base64.b64decode(sig, validate=True)
             except ValueError:
                 given = b""
-            if not hmac.compare_digest(expected.digest(), given) or identity is None:
+            if not hmac.compare_digest(expected, given) or identity is None:
                 raise AuthenticationError("bad signature")
             now = time.time()
             if not ts.isdigit() or abs(now - int(ts)) > self._max_skew:
                 raise AuthenticationError("timestamp outside the accepted window")
-            actual = (short_sha256(payload) if len(payload) <= SMALL_INPUT else hashlib.sha256(payload)).hexdigest()
+            actual = sha256_hex(payload)
             if not hmac.compare_digest(actual, digest):
                 raise AuthenticationError("payload does not match the signed digest")
             if len(nonce) < 16 or not self._nonces.first_use((kid, nonce), now):

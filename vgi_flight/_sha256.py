@@ -53,7 +53,7 @@ short_sha256 = pick_short_sha256()
 
 
 def sha256_hex(data: bytes) -> str:
-    """Hex SHA-256 of ``data``, by the implementation that suits its size (inlined where it runs per call)."""
+    """Hex SHA-256 of ``data``, by the implementation that suits its size."""
     return (short_sha256(data) if len(data) <= SMALL_INPUT else hashlib.sha256(data)).hexdigest()
 
 
@@ -72,7 +72,10 @@ def hmac_pads(secret: bytes) -> HmacPads:
 
 
 def hmac_sha256(pads: HmacPads, message: bytes) -> bytes:
-    """``HMAC-SHA256(secret, message)`` from the secret's :func:`hmac_pads` (inlined where it runs per call)."""
+    """``HMAC-SHA256(secret, message)`` from the secret's :func:`hmac_pads`.
+
+    With an inner state that has already hashed a fixed prefix, it is the HMAC of prefix + ``message``.
+    """
     inner = pads[0].copy()
     inner.update(message)
     outer = pads[1].copy()

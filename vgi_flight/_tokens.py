@@ -225,10 +225,9 @@ class StreamSigner:
 
     __slots__ = (
         "_aead",
-        "_inner",
         "_mac",
         "_mac_key",
-        "_outer",
+        "_pads",
         "_prefix",
         "_prefix_b64",
         "_prefix_rest",
@@ -263,9 +262,9 @@ class StreamSigner:
         # The prefix is hashed once per stream, so each token hashes only its tail: short tails (the
         # usual flat state) through the built-in SHA-256 from HMAC pads, long ones through OpenSSL,
         # whose prefix-hashed state is made when the stream mints its first long token.
-        self._inner = keys.mac_pads[0].copy()
-        self._inner.update(self._prefix)
-        self._outer = keys.mac_pads[1]
+        inner = keys.mac_pads[0].copy()
+        inner.update(self._prefix)
+        self._pads: HmacPads = (inner, keys.mac_pads[1])
         self._mac_key = keys.mac
         self._mac: hmac.HMAC | None = None
         self._aead = keys.aead if encrypt else None
@@ -302,11 +301,7 @@ class StreamSigner:
             state = nonce + self._aead.encrypt(nonce, state, self._prefix + _TIMES.pack(now, expires, seq))
         tail = _TAIL.pack(now, expires, seq, len(state)) + state
         if len(tail) <= SMALL_INPUT:
-            inner = self._inner.copy()
-            inner.update(tail)
-            outer = self._outer.copy()
-            outer.update(inner.digest())
-            return tail + outer.digest()
+            return tail + hmac_sha256(self._pads, tail)  # the pads' inner state has hashed the prefix
         if self._mac is None:
             self._mac = hmac.new(self._mac_key, self._prefix, hashlib.sha256)
         mac = self._mac.copy()
