@@ -7,7 +7,18 @@ import subprocess
 import sys
 
 from benchmarks.common import Sampler
-from benchmarks.run import LocalSide, cpu_idle_fraction, settle
+from benchmarks.run import (
+    FULL,
+    QUICK,
+    RAW,
+    REST_SECONDS,
+    VGI,
+    WORKLOADS,
+    LocalSide,
+    cpu_idle_fraction,
+    rest_before,
+    settle,
+)
 
 
 def test_bulk_rounds_rotate_over_server_processes() -> None:
@@ -45,3 +56,19 @@ def test_idle_fraction_sees_a_busy_core() -> None:
         spinner.wait()
     assert busy >= 0.5 / (os.cpu_count() or 1)  # one spinning process keeps one core of all busy
     settle(limit=0.2)  # bounded even when the machine never settles
+
+
+def test_bulk_rows_of_the_pair_take_more_transfers_and_rest_first() -> None:
+    by_key = {w.key: w for w in WORKLOADS}
+    peer = "vgi-rpc pipe"
+    for key in ("bulk", "bulk_local", "bulk_exchange"):
+        w = by_key[key]
+        assert FULL.count(w, VGI) == FULL.count(w, RAW) == FULL.pair_transfers > FULL.transfer_count
+        assert FULL.count(w, peer) == FULL.transfer_count
+        assert QUICK.count(w, VGI) == QUICK.pair_transfers
+        assert rest_before(w, VGI) == rest_before(w, RAW) == REST_SECONDS > 0
+        assert rest_before(w, peer) == 0.0
+    for key in ("noop", "turn", "small", "threads"):
+        w = by_key[key]
+        assert FULL.count(w, VGI) == FULL.count(w, RAW) == FULL.count(w, peer) == FULL.count(w)
+        assert rest_before(w, VGI) == 0.0
