@@ -133,14 +133,15 @@ SAMPLED_AS = {"bulk_local": "bulk"}
 # moves bulk data depends on where its memory and threads landed: processes of the same server code
 # differ by up to 15% for their whole life, so one process per side made a bulk row a draw.
 ROTATED = frozenset({"bulk", "bulk_local", "bulk_exchange"})
-BULK_SERVERS = 3
+BULK_SERVERS = 4
 
 
 class LocalSide:
     """vgi-flight or raw Flight: samplers run in this process, one set per server process of the side.
 
-    Rotated workloads take the next server process at every call (and warm each one up on its first
-    use); the others use the first.
+    Rotated workloads take the next server process at every call and run a short warm-up transfer
+    on it first (at least one, whatever the round: the process sat idle while the others ran); the
+    others use the first.
     """
 
     def __init__(self, name: str, samplers: list[dict[str, Sampler]]) -> None:
@@ -154,7 +155,7 @@ class LocalSide:
             return self.samplers[0][workload](count, warmup)
         calls = self._calls.get(workload, 0)
         self._calls[workload] = calls + 1
-        warmup = self._warmup.setdefault(workload, warmup) if calls < len(self.samplers) else 0
+        warmup = max(1, self._warmup.setdefault(workload, warmup))
         return self.samplers[calls % len(self.samplers)][workload](count, warmup)
 
 
@@ -292,8 +293,9 @@ def settle(limit: float = 2.0, window: float = 0.05, idle: float = 0.85) -> None
 
 # Before each bulk sample of vgi-flight or raw Flight the run also rests this long. Without it the
 # first of the pair (right after a vgi-rpc side, with the CPUs already idle) was the slower one in
-# most rounds, and more so for vgi-flight: over 12 rounds of the plain bulk producer, vgi-flight first read 0.68-0.96x
-# raw, raw first 0.92-1.44x (vgi-flight / raw). With the rest the order no longer decides.
+# most rounds, and more so for vgi-flight: over 12 rounds of the plain bulk producer vgi-flight read
+# 0.68-0.96x raw where it went first, 0.92-1.44x where raw Flight did. With the rest the order no
+# longer decides.
 REST_SECONDS = 1.0
 
 

@@ -38,13 +38,18 @@ def test_bulk_rounds_rotate_over_server_processes() -> None:
         side.sample("noop", 1, 3 if r == 0 else 0, {})
     assert calls == [
         (0, "bulk", 2),
-        (1, "bulk", 2),  # each process is warmed up on its first transfer
+        (1, "bulk", 2),  # every process is warmed up before every timed transfer, as in round 0
         (2, "bulk", 2),
-        (0, "bulk", 0),
-        (1, "bulk", 0),
-        (0, "noop", 3),  # other workloads stay on the first process
+        (0, "bulk", 2),
+        (1, "bulk", 2),
+        (0, "noop", 3),  # other workloads stay on the first process, warmed up in round 0 only
         (0, "noop", 0),
     ]
+    calls.clear()
+    other = LocalSide("side", [{"bulk": sampler(i, "bulk")} for i in range(2)])
+    for _ in range(3):
+        other.sample("bulk", 1, 0, {})  # a run whose plan asks no warm-up still warms bulk rows once
+    assert calls == [(0, "bulk", 1), (1, "bulk", 1), (0, "bulk", 1)]
 
 
 def test_idle_fraction_sees_a_busy_core() -> None:
