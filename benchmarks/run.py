@@ -85,6 +85,14 @@ WORKLOADS = (
 UNITS = {"latency": "us", "ms": "ms", "gbps": "GB/s", "calls": "calls/s"}
 
 
+# Before each bulk sample of vgi-flight or raw Flight a full run also rests this long. Without it the
+# first of the pair (right after a vgi-rpc side, with the CPUs already idle) was the slower one in
+# most rounds, and more so for vgi-flight: over 12 rounds of the plain bulk producer vgi-flight read
+# 0.68-0.96x raw where it went first, 0.92-1.44x where raw Flight did. With the rest the order no
+# longer decides.
+REST_SECONDS = 1.0
+
+
 @dataclass(frozen=True)
 class Plan:
     rounds: int
@@ -95,6 +103,7 @@ class Plan:
     # bulk transfers per round of vgi-flight and raw Flight, whose ratio has a target: one 1 GiB
     # transfer varies by +-20% on this kind of machine, so one per round left the bulk ratios a draw
     pair_transfers: int = 1
+    rest_seconds: float = 0.0  # before each bulk sample of vgi-flight and raw Flight (see REST_SECONDS)
 
     def count(self, w: Workload, side: str = "") -> int:
         if w.kind == "gbps" and side in (VGI, RAW):
@@ -106,7 +115,15 @@ class Plan:
         return {"latency": max(3, self.latency_count // 10), "ms": 2}.get(w.kind, 1)
 
 
-FULL = Plan(rounds=8, latency_count=200, call_count=20, transfer_count=1, sizes=Sizes(), pair_transfers=3)
+FULL = Plan(
+    rounds=8,
+    latency_count=200,
+    call_count=20,
+    transfer_count=1,
+    sizes=Sizes(),
+    pair_transfers=3,
+    rest_seconds=REST_SECONDS,
+)
 QUICK = Plan(
     rounds=3,
     latency_count=40,
@@ -291,17 +308,9 @@ def settle(limit: float = 2.0, window: float = 0.05, idle: float = 0.85) -> None
         pass
 
 
-# Before each bulk sample of vgi-flight or raw Flight the run also rests this long. Without it the
-# first of the pair (right after a vgi-rpc side, with the CPUs already idle) was the slower one in
-# most rounds, and more so for vgi-flight: over 12 rounds of the plain bulk producer vgi-flight read
-# 0.68-0.96x raw where it went first, 0.92-1.44x where raw Flight did. With the rest the order no
-# longer decides.
-REST_SECONDS = 1.0
-
-
-def rest_before(w: Workload, side: str) -> float:
-    """Seconds to rest before a sample of ``side``: :data:`REST_SECONDS` for vgi-flight's and raw's bulk rows."""
-    return REST_SECONDS if w.kind == "gbps" and side in (VGI, RAW) else 0.0
+def rest_before(w: Workload, side: str, plan: Plan) -> float:
+    """Seconds to rest before a sample of ``side``: the plan's rest for vgi-flight's and raw's bulk rows."""
+    return plan.rest_seconds if w.kind == "gbps" and side in (VGI, RAW) else 0.0
 
 
 def round_order(sides: Sequence[Side], r: int) -> list[Side]:
@@ -339,7 +348,7 @@ def run_mode(
                         warmup = plan.warmup(w) if r == 0 else 0
                         key = w.key if side.name == VGI else SAMPLED_AS.get(w.key, w.key)
                         if w.kind == "gbps":
-                            time.sleep(rest_before(w, side.name))
+                            time.sleep(rest_before(w, side.name, plan))
                             settle()
                         cell.rounds.append(side.sample(key, plan.count(w, side.name), warmup, sizes))
                     except Exception as exc:
