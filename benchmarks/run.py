@@ -10,12 +10,12 @@ transports have no TLS, so "n/a").
 
 Servers run in child processes on 127.0.0.1; the vgi-flight and raw clients run in this process,
 each vgi-rpc transport's client in a worker process of the Python 3.13 venv (``benchmarks.vgirpc``).
-Every client connects once per mode. vgi-flight and raw Flight each run three server processes per
-mode: the bulk workloads take the next one every round, the others use the first. Each workload runs
-in rounds; a round runs every side once, one
-side at a time, vgi-flight and raw Flight back to back (taking turns at going first) at a random
-place among the vgi-rpc sides (seeded per round), so that noise, and what the side before leaves
-behind, hits all sides alike.
+Every client connects once per mode. vgi-flight and raw Flight each run BULK_SERVERS server processes
+per mode: the bulk workloads take the next one every round (warmed up, after a rest, three timed
+transfers: see REST_SECONDS and Plan.pair_transfers), the others use the first. Each workload runs
+in rounds; a round runs every side once, one side at a time, vgi-flight and raw Flight back to back
+(taking turns at going first) at a random place among the vgi-rpc sides (seeded per round), so that
+noise, and what the side before leaves behind, hits all sides alike.
 Figures are medians of all samples of all rounds, with the spread (lowest and highest per-round
 median) and, for latency, p99; ratios are computed within the run. Every process of the run holds
 glibc's malloc thresholds fixed (``benchmarks.allocator``; ``--malloc-defaults`` to leave them).
@@ -93,6 +93,11 @@ UNITS = {"latency": "us", "ms": "ms", "gbps": "GB/s", "calls": "calls/s"}
 REST_SECONDS = 1.0
 
 
+def pair_bulk(w: Workload, side: str) -> bool:
+    """Whether ``w`` is a bulk row and ``side`` one of the pair its target compares (vgi-flight, raw Flight)."""
+    return w.kind == "gbps" and side in (VGI, RAW)
+
+
 @dataclass(frozen=True)
 class Plan:
     rounds: int
@@ -106,7 +111,7 @@ class Plan:
     rest_seconds: float = 0.0  # before each bulk sample of vgi-flight and raw Flight (see REST_SECONDS)
 
     def count(self, w: Workload, side: str = "") -> int:
-        if w.kind == "gbps" and side in (VGI, RAW):
+        if pair_bulk(w, side):
             return self.pair_transfers
         return {"latency": self.latency_count, "ms": self.call_count}.get(w.kind, self.transfer_count)
 
@@ -310,7 +315,7 @@ def settle(limit: float = 2.0, window: float = 0.05, idle: float = 0.85) -> None
 
 def rest_before(w: Workload, side: str, plan: Plan) -> float:
     """Seconds to rest before a sample of ``side``: the plan's rest for vgi-flight's and raw's bulk rows."""
-    return plan.rest_seconds if w.kind == "gbps" and side in (VGI, RAW) else 0.0
+    return plan.rest_seconds if pair_bulk(w, side) else 0.0
 
 
 def round_order(sides: Sequence[Side], r: int) -> list[Side]:
