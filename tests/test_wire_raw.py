@@ -10,11 +10,14 @@ import base64
 import contextlib
 import json
 from collections.abc import Callable, Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
+
+from vgi_flight import AnnotatedBatch, CallContext, ExchangeState, OutputCollector, RpcServer, Stream
 
 TOKEN_KEY_HEX = "00" * 32
 
@@ -263,6 +266,45 @@ def test_exchange_wrong_schema_mid_stream(client: flight.FlightClient) -> None:
     with pytest.raises(flight.FlightError):  # closing re-reports the call's status
         writer.close()
     assert_serving(client)
+
+
+@dataclass
+class InputTypeState(ExchangeState):
+    def exchange(self, input: AnnotatedBatch, out: OutputCollector, ctx: CallContext) -> None:
+        out.emit_pydict({"type": [str(input.batch.schema.field("x").type)]})
+
+
+class InputTypes(Protocol):
+    def input_types(self) -> Stream[InputTypeState]: ...
+
+
+class InputTypesImpl:
+    def input_types(self) -> Stream[InputTypeState]:
+        return Stream(
+            output_schema=pa.schema([("type", pa.utf8())]),
+            state=InputTypeState(),
+            input_schema=pa.schema([("x", pa.float64())]),
+        )
+
+
+def test_exchange_castable_stream_schema_is_conformed_every_turn() -> None:
+    # The server decides once per stream whether its batches need conforming: every one must be.
+    with (
+        RpcServer(InputTypes, InputTypesImpl()) as server,
+        contextlib.closing(flight.connect(server.location)) as client,
+    ):
+        writer, reader = client.do_exchange(flight.FlightDescriptor.for_command(call_request("input_types", {})))
+        reader.read_chunk()
+        writer.begin(pa.schema([("x", pa.int32())]))
+        types = []
+        for i in range(3):
+            writer.write_batch(pa.record_batch({"x": pa.array([i], pa.int32())}))
+            chunk = reader.read_chunk()
+            assert json.loads(chunk.app_metadata.to_pybytes())["kind"] == "data"
+            types += chunk.data.column("type").to_pylist()
+        writer.done_writing()
+        writer.close()
+    assert types == ["double"] * 3
 
 
 def test_client_disconnect_mid_stream(client: flight.FlightClient) -> None:

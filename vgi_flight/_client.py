@@ -227,9 +227,6 @@ def _assemble(parts: list[pa.RecordBatch], last: pa.RecordBatch) -> pa.RecordBat
     return pa.Table.from_batches(pieces).combine_chunks().to_batches()[0]
 
 
-_NO_METADATA: dict[str, Any] = {}  # the parsed app_metadata of a data message without custom metadata
-
-
 def _custom_metadata(meta: dict[str, Any]) -> pa.KeyValueMetadata | None:
     custom = meta.get("metadata")
     return pa.KeyValueMetadata(custom) if isinstance(custom, dict) and custom else None
@@ -536,19 +533,6 @@ class StreamSession:
                 continue
             _handle_metadata(meta, self._t.on_log)
 
-    def _read_data(self) -> pa.RecordBatch:
-        """Read an exchange's answer: the usual message (one batch, seq and token only) in one step."""
-        assert self._reader is not None
-        try:
-            chunk = self._reader.read_chunk()
-        except StopIteration:
-            raise _protocol_error("server ended the stream while a 'data' message was expected") from None
-        if self._took_plain_data(chunk.app_metadata):
-            self._last_meta = _NO_METADATA
-            data: pa.RecordBatch = chunk.data
-            return data
-        return self._read_until(wire.KIND_DATA, chunk)  # logs, slices, custom metadata, replays
-
     def exchange(self, input: AnnotatedBatch) -> AnnotatedBatch:
         """Send one batch and return the server's answer.
 
@@ -559,10 +543,12 @@ class StreamSession:
             raise TypeError(f"'{self._method}' is a producer stream: iterate it instead")
         if self._closed:
             raise _protocol_error("exchange() called on a closed or cancelled stream")
-        try:
-            batch = conform_batch(input.batch, self.input_schema, "input batch")
-        except ValueError as exc:
-            raise RpcError("ValueError", str(exc), code=ErrorCode.INVALID_ARGUMENT) from None
+        batch = input.batch
+        if not batch.schema.equals(self.input_schema):
+            try:
+                batch = conform_batch(batch, self.input_schema, "input batch")
+            except ValueError as exc:
+                raise RpcError("ValueError", str(exc), code=ErrorCode.INVALID_ARGUMENT) from None
         custom = None
         if input.custom_metadata:
             custom = {k.decode(): v.decode() for k, v in input.custom_metadata.items()}
@@ -579,11 +565,18 @@ class StreamSession:
             if self._writer is None:
                 self._open_exchange()
             assert self._writer is not None
+            assert self._reader is not None
             if custom:
                 self._writer.write_with_metadata(batch, wire.json_bytes({"kind": wire.KIND_DATA, "metadata": custom}))
             else:
                 self._writer.write_batch(batch)
-            data = self._read_data()
+            chunk = self._reader.read_chunk()
+            if self._took_plain_data(chunk.app_metadata):  # the usual answer: one batch, seq and token only
+                return AnnotatedBatch(chunk.data)
+            data = self._read_until(wire.KIND_DATA, chunk)  # logs, slices, custom metadata, replays
+        except StopIteration:
+            self._fail()
+            raise _protocol_error("server ended the stream while a 'data' message was expected") from None
         except (flight.FlightError, pa.ArrowException) as exc:
             failure = self._classify(exc)
             if not isinstance(failure, _BrokenError):

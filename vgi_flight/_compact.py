@@ -5,9 +5,10 @@ a dataclass whose fields are all ``int``, ``float``, ``bool``, ``str``, ``bytes`
 those) this codec is several times cheaper than an Arrow IPC stream; any other state uses
 :meth:`ArrowSerializableDataclass.serialize_to_bytes`. Tokens are opaque to clients, so the choice
 is invisible on the wire. Layout: one field after another in declaration order; Optional fields
-start with a presence byte; int is a signed 64-bit big-endian value (a state holding an int
-outside that range falls back to Arrow IPC); float is an IEEE double; bool one byte; str (UTF-8)
-and bytes a u32 length and the data.
+start with a presence byte; int is a signed 64-bit big-endian value; float is an IEEE double;
+bool one byte; str (UTF-8) and bytes a u32 length and the data. A state holding a value that does
+not fit its field's layout (an int beyond 64 bits, a bool in an int field, an int in a str or bytes
+field) falls back to Arrow IPC, which converts it or refuses it.
 """
 
 from __future__ import annotations
@@ -24,44 +25,24 @@ from vgi_flight._arrow_types import resolve_type_hints
 _Q = struct.Struct(">q")
 _D = struct.Struct(">d")
 _I = struct.Struct(">I")
-_Encoder = Callable[[Any, list[bytes]], None]
 _Decoder = Callable[[memoryview, int], tuple[Any, int]]
+_COMPACT_TAG = b"\x01"  # an Arrow IPC stream starts with 0xFF, so one byte tells the encodings apart
 
 
 class CompactUnsupportedError(Exception):
     """A value cannot be written compactly (e.g. an int beyond 64 bits)."""
 
 
-def _enc_int(v: Any, out: list[bytes]) -> None:
-    if type(v) is not int or not -(2**63) <= v < 2**63:
-        raise CompactUnsupportedError
-    out.append(_Q.pack(v))
-
-
 def _dec_int(buf: memoryview, pos: int) -> tuple[Any, int]:
     return _Q.unpack_from(buf, pos)[0], pos + 8
-
-
-def _enc_float(v: Any, out: list[bytes]) -> None:
-    out.append(_D.pack(v))
 
 
 def _dec_float(buf: memoryview, pos: int) -> tuple[Any, int]:
     return _D.unpack_from(buf, pos)[0], pos + 8
 
 
-def _enc_bool(v: Any, out: list[bytes]) -> None:
-    out.append(b"\x01" if v else b"\x00")
-
-
 def _dec_bool(buf: memoryview, pos: int) -> tuple[Any, int]:
     return buf[pos] == 1, pos + 1
-
-
-def _enc_bytes(v: Any, out: list[bytes]) -> None:
-    data = v.encode() if isinstance(v, str) else bytes(v)
-    out.append(_I.pack(len(data)))
-    out.append(data)
 
 
 def _dec_bytes(buf: memoryview, pos: int) -> tuple[Any, int]:
@@ -77,55 +58,109 @@ def _dec_str(buf: memoryview, pos: int) -> tuple[Any, int]:
     return data.decode(), end
 
 
-_SCALARS: dict[object, tuple[_Encoder, _Decoder]] = {
-    int: (_enc_int, _dec_int),
-    float: (_enc_float, _dec_float),
-    bool: (_enc_bool, _dec_bool),
-    str: (_enc_bytes, _dec_str),
-    bytes: (_enc_bytes, _dec_bytes),
+_DECODERS: dict[object, _Decoder] = {
+    int: _dec_int,
+    float: _dec_float,
+    bool: _dec_bool,
+    str: _dec_str,
+    bytes: _dec_bytes,
 }
+_FIXED: dict[object, str] = {int: "q", float: "d", bool: "?"}  # struct codes of the fixed-width kinds
 
 
-def _optional(enc: _Encoder, dec: _Decoder) -> tuple[_Encoder, _Decoder]:
-    def encode(v: Any, out: list[bytes]) -> None:
-        if v is None:
-            out.append(b"\x00")
-        else:
-            out.append(b"\x01")
-            enc(v, out)
-
+def _optional_decoder(dec: _Decoder) -> _Decoder:
     def decode(buf: memoryview, pos: int) -> tuple[Any, int]:
         if buf[pos] == 0:
             return None, pos + 1
         return dec(buf, pos + 1)
 
-    return encode, decode
+    return decode
+
+
+def _compile_encoder(fields: list[tuple[str, object, bool]]) -> Callable[[object], bytes]:
+    """Build one straight-line function that writes a state's fields in the layout above, tag first.
+
+    Tokens are minted after every turn, so the encoder is generated per class, as ``dataclasses``
+    does for ``__init__``: runs of fixed-width fields are one ``struct`` call and there is no
+    per-field function call. A state whose values do not fit is written as an Arrow IPC stream
+    (``serialize_to_bytes``) instead. An int must be exactly ``int`` (a bool or float in an int field falls
+    back to Arrow IPC), a str a ``str`` and bytes bytes-like; a value out of range raises
+    ``struct.error``. Field names are identifiers (dataclass fields), so they can be written into
+    the source.
+    """
+    env: dict[str, Any] = {
+        "_Unsupported": CompactUnsupportedError,
+        "_u32": _I.pack,
+        "_tag": _COMPACT_TAG,
+        "_bytes_like": (bytes, bytearray, memoryview),
+        "_unfit": (CompactUnsupportedError, TypeError, AttributeError, struct.error, UnicodeEncodeError),
+    }
+    body: list[str] = []
+    pieces = ["_tag"]
+    run: list[tuple[str, object]] = []  # fixed-width non-optional fields not written yet: one struct
+
+    def flush() -> None:
+        if run:
+            name = f"_s{len(env)}"
+            env[name] = struct.Struct(">" + "".join(_FIXED[kind] for _, kind in run)).pack
+            pieces.append(f"{name}({', '.join(v for v, _ in run)})")
+            run.clear()
+
+    def checks(v: str, kind: object, indent: str) -> list[str]:
+        if kind is int:
+            return [f"{indent}if type({v}) is not int: raise _Unsupported"]
+        if kind is str:
+            return [f"{indent}if not isinstance({v}, str): raise _Unsupported", f"{indent}{v} = {v}.encode()"]
+        if kind is bytes:  # bytes() of an int would be that many zero bytes: only bytes-like values
+            return [f"{indent}if not isinstance({v}, _bytes_like): raise _Unsupported", f"{indent}{v} = bytes({v})"]
+        return []
+
+    def value(v: str, kind: object) -> list[str]:
+        if kind in _FIXED:
+            name = f"_s{len(env)}"
+            env[name] = struct.Struct(">" + _FIXED[kind]).pack
+            return [f"{name}({v})"]
+        return [f"_u32(len({v}))", v]
+
+    for i, (field_name, kind, optional) in enumerate(fields):
+        v = f"v{i}"
+        body.append(f"    {v} = obj.{field_name}")
+        if not optional:
+            body += checks(v, kind, "    ")
+            if kind in _FIXED:
+                run.append((v, kind))
+            else:
+                flush()
+                pieces += value(v, kind)
+            continue
+        flush()
+        body.append(f"    if {v} is None: p{i} = b'\\x00'")
+        body.append("    else:")
+        body += checks(v, kind, "        ")
+        body.append(f"        p{i} = b'\\x01' + {' + '.join(value(v, kind))}")
+        pieces.append(f"p{i}")
+    flush()
+    lines = ["def encode(obj):", "  try:", *body, f"    return b''.join(({', '.join(pieces)},))"]
+    lines += ["  except _unfit:", "    return obj.serialize_to_bytes()"]
+    source = "\n".join(lines) + "\n"
+    exec(source, env)  # generated from the class's own field names and fixed templates
+    encode: Callable[[object], bytes] = env["encode"]
+    return encode
 
 
 class CompactCodec:
     """Encodes and decodes one flat dataclass."""
 
-    __slots__ = ("_cls", "_decoders", "_encoders", "_names")
+    __slots__ = ("_cls", "_decoders", "encode")
 
-    def __init__(self, cls: type, fields: list[tuple[str, _Encoder, _Decoder]]) -> None:
+    def __init__(self, cls: type, fields: list[tuple[str, object, bool]]) -> None:
         self._cls = cls
-        self._names = [f[0] for f in fields]
-        self._encoders = [(f[0], f[1]) for f in fields]
-        self._decoders = [(f[0], f[2]) for f in fields]
-
-    def encode(self, obj: object) -> bytes:
-        """Encode ``obj``.
-
-        Raises:
-            CompactUnsupportedError: A value does not fit (the caller falls back to Arrow IPC).
-        """
-        out: list[bytes] = []
-        try:
-            for name, enc in self._encoders:
-                enc(getattr(obj, name), out)
-        except (TypeError, AttributeError, struct.error, UnicodeEncodeError) as exc:
-            raise CompactUnsupportedError from exc
-        return b"".join(out)
+        self._decoders = [
+            (name, _optional_decoder(_DECODERS[kind]) if optional else _DECODERS[kind])
+            for name, kind, optional in fields
+        ]
+        # What state_to_bytes does for this class: the tag and the fields, or Arrow IPC when they do not fit.
+        self.encode: Callable[[object], bytes] = _compile_encoder(fields)
 
     def decode(self, data: bytes) -> object:
         """Decode bytes written by :meth:`encode`.
@@ -161,42 +196,48 @@ def compact_codec(cls: type) -> CompactCodec | None:
     codec: CompactCodec | None = None
     if dataclasses.is_dataclass(cls) and not getattr(cls, "__post_init__", None):
         hints = resolve_type_hints(cls)
-        fields: list[tuple[str, _Encoder, _Decoder]] = []
+        fields: list[tuple[str, object, bool]] = []
         for f in dataclasses.fields(cls):
-            pair = _scalar_pair(hints.get(f.name))
-            if pair is None:
+            kind = _scalar_kind(hints.get(f.name))
+            if kind is None:
                 fields = []
                 break
-            fields.append((f.name, *pair))
+            fields.append((f.name, *kind))
         else:
             codec = CompactCodec(cls, fields)
     _CACHE[cls] = codec
     return codec
 
 
-def _scalar_pair(hint: object) -> tuple[_Encoder, _Decoder] | None:
-    if hint in _SCALARS:
-        return _SCALARS[hint]
+def _scalar_kind(hint: object) -> tuple[object, bool] | None:
+    """``(scalar type, optional)`` of a field the codec can write, else ``None``."""
+    if hint in _DECODERS:
+        return hint, False
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(hint)) == 2 and args[0] in _SCALARS:
-            return _optional(*_SCALARS[args[0]])
+        if len(args) == 1 and len(typing.get_args(hint)) == 2 and args[0] in _DECODERS:
+            return args[0], True
     return None
 
 
-_COMPACT_TAG = b"\x01"  # an Arrow IPC stream starts with 0xFF, so one byte tells the encodings apart
+def state_encoder(cls: type) -> Callable[[Any], bytes]:
+    """The function that encodes states of ``cls`` for tokens: what :func:`state_to_bytes` calls.
+
+    Compact when the class is flat (falling back to Arrow IPC for values that do not fit), else
+    Arrow IPC. A stream looks it up once and calls it after every turn.
+    """
+    codec = compact_codec(cls)
+    return codec.encode if codec is not None else _ipc_bytes
+
+
+def _ipc_bytes(state: Any) -> bytes:
+    data: bytes = state.serialize_to_bytes()
+    return data
 
 
 def state_to_bytes(state: Any) -> bytes:
     """Encode a state for a token: compactly when its class allows, else as an Arrow IPC stream."""
-    codec = compact_codec(type(state))
-    if codec is not None:
-        try:
-            return _COMPACT_TAG + codec.encode(state)
-        except CompactUnsupportedError:
-            pass
-    data: bytes = state.serialize_to_bytes()
-    return data
+    return state_encoder(type(state))(state)
 
 
 def state_from_bytes(cls: Any, data: bytes) -> Any:

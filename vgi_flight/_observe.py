@@ -22,7 +22,7 @@ import pyarrow as pa
 access_log = logging.getLogger("vgi_flight.access")
 
 
-@dataclass
+@dataclass(slots=True)  # counted into on every batch: slots make that cheaper
 class CallRecord:
     """What one call did; filled in by the server as the call runs."""
 

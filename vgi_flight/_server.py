@@ -33,7 +33,7 @@ from vgi_flight._auth import (
     request_payload,
     resolve_identity,
 )
-from vgi_flight._compact import state_from_bytes, state_to_bytes
+from vgi_flight._compact import state_encoder, state_from_bytes
 from vgi_flight._context import AuthContext, CallContext
 from vgi_flight._errors import ErrorCode, RequestRejectedError, RpcError
 from vgi_flight._gil import pin_thread_state
@@ -109,6 +109,18 @@ class _LiveStream:
     init_logs: list[Message] = field(default_factory=list)
     cancelled: bool = False
     _empty: pa.RecordBatch | None = None
+    # Looked up once per stream, called every turn.
+    _encode_state: Callable[[Any], bytes] = field(init=False, repr=False)
+    _process: Callable[[AnnotatedBatch, OutputCollector, CallContext], None] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._encode_state = state_encoder(type(self.state))
+        state = self.state
+        # An ExchangeState's process() only calls exchange(): call that directly unless process() is overridden.
+        if isinstance(state, ExchangeState) and type(state).process is ExchangeState.process:
+            self._process = state.exchange
+        else:
+            self._process = state.process
 
     @property
     def whole_batches(self) -> bool:
@@ -124,20 +136,21 @@ class _LiveStream:
 
     def token(self) -> bytes:
         """Mint a token for the current position."""
-        return self.signer.mint(self.seq, state_to_bytes(self.state))
+        return self.signer.mint(self.seq, self._encode_state(self.state))
 
     def token_b64(self) -> bytes:
         """Mint a token for the current position, in base64 as a data message carries it."""
-        return self.signer.mint_b64(self.seq, state_to_bytes(self.state))
+        return self.signer.mint_b64(self.seq, self._encode_state(self.state))
 
     def turn(self, input: AnnotatedBatch, invoke: _Invoke | None) -> OutputCollector:
         """Run one ``process`` call (through ``invoke``, or inline) and check it kept the stream's rules."""
         out = OutputCollector(self.output_schema, producer=not self.exchange)
-        self.ctx._log_sink = out.emit_client_log_message
+        ctx = self.ctx
+        ctx._log_sink = out.emit_client_log_message
         if invoke is None:
-            self.state.process(input, out, self.ctx)
+            self._process(input, out, ctx)
         else:
-            invoke(self.watch, lambda: self.state.process(input, out, self.ctx))
+            invoke(self.watch, lambda: self._process(input, out, ctx))
         if out.data is not None:
             self.seq += 1
         elif self.exchange:
@@ -988,47 +1001,58 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
         writer: flight.MetadataRecordBatchWriter,
         record: CallRecord,
     ) -> None:
+        d = self._d
         empty = live.empty_batch
+        read, write = reader.read_chunk, writer.write_with_metadata
         writer.begin(live.output_schema)
         for metadata in prelude:
-            writer.write_with_metadata(empty, metadata)
+            write(empty, metadata)
+        input_schema, max_request_bytes, invoke = live.input_schema, d.max_request_bytes, d.turn_invoke
+        # Every batch of an IPC stream has the stream's schema: whether it needs conforming is decided once.
+        conform: bool | None = None
         while True:
             try:
-                chunk = reader.read_chunk()
+                chunk = read()
             except StopIteration:
                 return
-            self._d.check_not_ending()  # before consuming the batch: the client re-sends it elsewhere
+            if d.ending:
+                d.check_not_ending()  # before consuming the batch: the client re-sends it elsewhere
             batch = chunk.data
-            if batch is not None:
-                if record.batch_in(batch) > self._d.max_request_bytes:  # the buffer total: a cheap upper bound
-                    self._d.check_size(batch.nbytes, "input batch")
-                try:
-                    batch.validate(full=True)
-                except pa.ArrowInvalid as exc:
-                    raise RequestRejectedError(ErrorCode.INVALID_ARGUMENT, f"malformed input batch: {exc}") from None
             if batch is None:
                 control = wire.parse_metadata(chunk.app_metadata)
                 if control.get("kind") == wire.KIND_CANCEL:
-                    for msg in live.cancel(self._d.invoke):
-                        writer.write_with_metadata(empty, wire.log_json(msg))
+                    for msg in live.cancel(d.invoke):
+                        write(empty, wire.log_json(msg))
                     return
                 raise RequestRejectedError(
                     ErrorCode.INVALID_ARGUMENT, f"unexpected control message {control.get('kind')!r}"
                 )
+            if record.batch_in(batch) > max_request_bytes:  # the buffer total: a cheap upper bound
+                d.check_size(batch.nbytes, "input batch")
             try:
-                batch = conform_batch(batch, live.input_schema, "input batch")
-            except ValueError as exc:
-                raise RequestRejectedError(ErrorCode.INVALID_ARGUMENT, str(exc)) from None
+                batch.validate(full=True)
+            except pa.ArrowInvalid as exc:
+                raise RequestRejectedError(ErrorCode.INVALID_ARGUMENT, f"malformed input batch: {exc}") from None
+            if conform is None:
+                conform = not batch.schema.equals(input_schema)
+            if conform:
+                try:
+                    batch = conform_batch(batch, input_schema, "input batch")
+                except ValueError as exc:
+                    raise RequestRejectedError(ErrorCode.INVALID_ARGUMENT, str(exc)) from None
             meta = None
-            if chunk.app_metadata is not None:
-                custom = wire.parse_metadata(chunk.app_metadata).get("metadata")
+            app_metadata = chunk.app_metadata
+            if app_metadata is not None:
+                custom = wire.parse_metadata(app_metadata).get("metadata")
                 meta = pa.KeyValueMetadata(custom) if isinstance(custom, dict) and custom else None
-            out = live.turn(AnnotatedBatch(batch, meta), self._d.turn_invoke)
-            for msg in out.logs:
-                writer.write_with_metadata(empty, wire.log_json(msg))
-            assert out.data is not None
-            for batch, metadata in self._d.data_messages(live, out.data, record):
-                writer.write_with_metadata(batch, metadata)
+            out = live.turn(AnnotatedBatch(batch, meta), invoke)
+            if out.logs:
+                for msg in out.logs:
+                    write(empty, wire.log_json(msg))
+            data = out.data
+            assert data is not None
+            for batch, metadata in d.data_messages(live, data, record):
+                write(batch, metadata)
 
 
 class RpcServer:

@@ -25,12 +25,6 @@ if TYPE_CHECKING:
 EMPTY_SCHEMA = pa.schema([])
 
 
-def _metadata_from_mapping(metadata: Mapping[str, str] | Mapping[bytes, bytes] | None) -> pa.KeyValueMetadata | None:
-    if not metadata:
-        return None
-    return pa.KeyValueMetadata(metadata)
-
-
 @dataclass(frozen=True)
 class AnnotatedBatch:
     """A record batch with optional custom metadata: the unit of stream input and output.
@@ -144,8 +138,9 @@ class OutputCollector:
         """
         if self._data is not None:
             raise RuntimeError("only one data batch may be emitted per turn")
-        batch = conform_batch(batch, self._output_schema, "emitted batch")
-        self._data = AnnotatedBatch(batch, _metadata_from_mapping(metadata))
+        if not batch.schema.equals(self._output_schema):  # the usual case needs no conform_batch call
+            batch = conform_batch(batch, self._output_schema, "emitted batch")
+        self._data = AnnotatedBatch(batch, pa.KeyValueMetadata(metadata) if metadata else None)
 
     def emit_arrays(self, arrays: Sequence[pa.Array], metadata: Mapping[str, str] | None = None) -> None:
         """Emit a data batch built from arrays in output-schema order."""
