@@ -931,6 +931,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
         # No context.is_cancelled() per batch: it costs ~80 us inside a streaming call, and a client
         # that goes away makes pyarrow close this generator (GeneratorExit) at the next yield anyway.
         run_ahead = max(1, int(getattr(live.state, "run_ahead", 1)))
+        d, invoke = self._d, self._d.turn_invoke
         finished = False
         while not finished:
             # One run: up to run_ahead turns, then their messages. Turns that run together keep the
@@ -939,12 +940,14 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
             started, bytes_before = time.perf_counter(), record.bytes_out
             try:
                 for turn in range(1, run_ahead + 1):
-                    self._d.check_not_ending()
-                    out = live.turn(_TICK, self._d.turn_invoke)
-                    for msg in out.logs:
-                        pending.append((empty, wire.log_json(msg)))
-                    if out.data is not None:
-                        pending += self._d.data_messages(live, out.data, record)
+                    if d.ending:
+                        d.check_not_ending()
+                    out = live.turn(_TICK, invoke)
+                    if out.logs:
+                        pending += [(empty, wire.log_json(msg)) for msg in out.logs]
+                    data = out.data
+                    if data is not None:
+                        pending += d.data_messages(live, data, record)
                     finished = out.finished
                     if (
                         finished
