@@ -30,7 +30,7 @@ from vgi_flight._errors import ErrorCode, RpcError
 from vgi_flight._local import LocalStreamReader
 from vgi_flight._log import Message
 from vgi_flight._service import MethodDescription, MethodKind, ServiceDescription, describe_protocol
-from vgi_flight._streams import AnnotatedBatch, Stream, conform_batch
+from vgi_flight._streams import AnnotatedBatch, Stream, annotated_batch, conform_batch
 from vgi_flight._tracing import ClientTracing, client_tracing
 
 if TYPE_CHECKING:
@@ -441,7 +441,7 @@ class StreamSession:
             except (flight.FlightError, pa.ArrowException) as exc:
                 raise self._classify(exc) from None
             if self._took_plain_data(chunk.app_metadata):
-                yield AnnotatedBatch(_assemble(parts, chunk.data))
+                yield annotated_batch(_assemble(parts, chunk.data))
                 continue
             meta = wire.parse_metadata(chunk.app_metadata)
             kind = meta.get("kind")
@@ -452,7 +452,7 @@ class StreamSession:
                     continue  # replayed after a resume: delivered already
                 self._token_b64 = meta.get("token")
                 self._seq = seq
-                yield AnnotatedBatch(batch, _custom_metadata(meta))
+                yield annotated_batch(batch, _custom_metadata(meta))
             elif kind == wire.KIND_DATA_PART:
                 parts.append(chunk.data)
             else:
@@ -572,7 +572,7 @@ class StreamSession:
                 self._writer.write_batch(batch)
             chunk = self._reader.read_chunk()
             if self._took_plain_data(chunk.app_metadata):  # the usual answer: one batch, seq and token only
-                return AnnotatedBatch(chunk.data)
+                return annotated_batch(chunk.data)
             data = self._read_until(wire.KIND_DATA, chunk)  # logs, slices, custom metadata, replays
         except StopIteration:
             self._fail()
@@ -585,7 +585,7 @@ class StreamSession:
         except RpcError:
             self._fail()
             raise
-        return AnnotatedBatch(data, _custom_metadata(self._last_meta))
+        return annotated_batch(data, _custom_metadata(self._last_meta))
 
     def _drain(self) -> None:
         """Read the rest of the response (logs) until the server ends the call."""

@@ -49,6 +49,7 @@ from vgi_flight._streams import (
     OutputCollector,
     Stream,
     StreamState,
+    annotated_batch,
     conform_batch,
 )
 from vgi_flight._tokens import (
@@ -1048,7 +1049,7 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
             if app_metadata is not None:
                 custom = wire.parse_metadata(app_metadata).get("metadata")
                 meta = pa.KeyValueMetadata(custom) if isinstance(custom, dict) and custom else None
-            out = live.turn(AnnotatedBatch(batch, meta), invoke)
+            out = live.turn(annotated_batch(batch, meta), invoke)
             if out.logs:
                 for msg in out.logs:
                     write(empty, wire.log_json(msg))
