@@ -83,10 +83,9 @@ def _compile_encoder(fields: list[tuple[str, object, bool]]) -> Callable[[object
     Tokens are minted after every turn, so the encoder is generated per class, as ``dataclasses``
     does for ``__init__``: runs of fixed-width fields are one ``struct`` call and there is no
     per-field function call. A state whose values do not fit is written as an Arrow IPC stream
-    (``serialize_to_bytes``) instead. An int must be exactly ``int`` (a bool or float in an int field falls
-    back to Arrow IPC), a str a ``str`` and bytes bytes-like; a value out of range raises
-    ``struct.error``. Field names are identifiers (dataclass fields), so they can be written into
-    the source.
+    (``serialize_to_bytes``) instead: an int must be exactly ``int`` (not a bool or float), a str a
+    ``str``, bytes bytes-like, and a value out of range raises ``struct.error``. Field names are
+    identifiers (dataclass fields), so they can be written into the source.
     """
     env: dict[str, Any] = {
         "_Unsupported": CompactUnsupportedError,
@@ -99,11 +98,15 @@ def _compile_encoder(fields: list[tuple[str, object, bool]]) -> Callable[[object
     pieces = ["_tag"]
     run: list[tuple[str, object]] = []  # fixed-width non-optional fields not written yet: one struct
 
+    def packer(kinds: list[object]) -> str:
+        """Name, in the generated source, of a struct pack for these fixed-width kinds in order."""
+        name = f"_s{len(env)}"
+        env[name] = struct.Struct(">" + "".join(_FIXED[kind] for kind in kinds)).pack
+        return name
+
     def flush() -> None:
         if run:
-            name = f"_s{len(env)}"
-            env[name] = struct.Struct(">" + "".join(_FIXED[kind] for _, kind in run)).pack
-            pieces.append(f"{name}({', '.join(v for v, _ in run)})")
+            pieces.append(f"{packer([kind for _, kind in run])}({', '.join(v for v, _ in run)})")
             run.clear()
 
     def checks(v: str, kind: object, indent: str) -> list[str]:
@@ -117,9 +120,7 @@ def _compile_encoder(fields: list[tuple[str, object, bool]]) -> Callable[[object
 
     def value(v: str, kind: object) -> list[str]:
         if kind in _FIXED:
-            name = f"_s{len(env)}"
-            env[name] = struct.Struct(">" + _FIXED[kind]).pack
-            return [f"{name}({v})"]
+            return [f"{packer([kind])}({v})"]
         return [f"_u32(len({v}))", v]
 
     for i, (field_name, kind, optional) in enumerate(fields):
@@ -163,7 +164,7 @@ class CompactCodec:
         self.encode: Callable[[object], bytes] = _compile_encoder(fields)
 
     def decode(self, data: bytes) -> object:
-        """Decode bytes written by :meth:`encode`.
+        """Decode the fields :meth:`encode` wrote after the tag byte (``state_from_bytes`` strips it).
 
         Raises:
             ValueError: Truncated or trailing bytes.

@@ -1050,9 +1050,8 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
                 custom = wire.parse_metadata(app_metadata).get("metadata")
                 meta = pa.KeyValueMetadata(custom) if isinstance(custom, dict) and custom else None
             out = live.turn(annotated_batch(batch, meta), invoke)
-            if out.logs:
-                for msg in out.logs:
-                    write(empty, wire.log_json(msg))
+            for msg in out.logs:
+                write(empty, wire.log_json(msg))
             data = out.data
             assert data is not None
             for batch, metadata in d.data_messages(live, data, record):

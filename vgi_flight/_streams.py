@@ -55,7 +55,7 @@ def annotated_batch(batch: pa.RecordBatch, custom_metadata: pa.KeyValueMetadata 
     """An :class:`AnnotatedBatch` built without the frozen dataclass's ``__init__``: the same instance.
 
     The generated ``__init__`` sets each field through ``object.__setattr__``. On a thread that has
-    just woken from a network wait that costs several µs (measured: 2 to 3% of an exchange round trip
+    just woken from a network wait that costs several µs (measured: 2 to 4% of an exchange round trip
     for one batch), and the library builds up to three per turn, so it writes the fields directly.
     """
     obj: AnnotatedBatch = _new_object(AnnotatedBatch)
