@@ -10,9 +10,9 @@ transports have no TLS, so "n/a").
 
 Servers run in child processes on 127.0.0.1; the vgi-flight and raw clients run in this process,
 each vgi-rpc transport's client in a worker process of the Python 3.13 venv (``benchmarks.vgirpc``).
-Every client connects once per mode. vgi-flight and raw Flight each run BULK_SERVERS server processes
-per mode: the bulk workloads take the next one every round (warmed up, after a rest, three timed
-transfers: see REST_SECONDS and Plan.pair_transfers), the others use the first. Each workload runs
+Every client connects once per mode. vgi-flight and raw Flight each run Plan.server_processes server
+processes per mode, and every workload takes the next one every round, warmed up first (bulk rows
+also after a rest, with three timed transfers: see REST_SECONDS and Plan.pair_transfers). Each workload runs
 in rounds; a round runs every side once, one side at a time, vgi-flight and raw Flight back to back
 (taking turns at going first) at a random place among the vgi-rpc sides (seeded per round), so that
 noise, and what the side before leaves behind, hits all sides alike.
@@ -109,6 +109,7 @@ class Plan:
     # transfer varies by +-20% on this kind of machine, so one per round left the bulk ratios a draw
     pair_transfers: int = 1
     rest_seconds: float = 0.0  # before each bulk sample of vgi-flight and raw Flight (see REST_SECONDS)
+    server_processes: int = 2  # per side and mode for vgi-flight and raw Flight, taken in turn (see LocalSide)
 
     def count(self, w: Workload, side: str = "") -> int:
         if pair_bulk(w, side):
@@ -128,6 +129,7 @@ FULL = Plan(
     sizes=Sizes(),
     pair_transfers=3,
     rest_seconds=REST_SECONDS,
+    server_processes=8,  # one per round
 )
 QUICK = Plan(
     rounds=3,
@@ -151,19 +153,17 @@ class Side(Protocol):
 SAMPLED_AS = {"bulk_local": "bulk"}
 
 
-# Bulk workloads rotate over several server processes per side, one per round. How fast one process
-# moves bulk data depends on where its memory and threads landed: processes of the same server code
-# differ by up to 15% for their whole life, so one process per side made a bulk row a draw.
-ROTATED = frozenset({"bulk", "bulk_local", "bulk_exchange"})
-BULK_SERVERS = 4
-
-
 class LocalSide:
     """vgi-flight or raw Flight: samplers run in this process, one set per server process of the side.
 
-    Rotated workloads take the next server process at every call and run a short warm-up transfer
-    on it first (at least one, whatever the round: the process sat idle while the others ran); the
-    others use the first.
+    Every workload rotates over the side's server processes, one per round (``Plan.server_processes``).
+    How fast one process serves depends on where its memory and threads landed, for its whole life:
+    processes of the same server code differ by up to 15% in bulk throughput and by 5-12% in
+    exchange round-trip latency, so with one process per side every ratio was partly a draw.
+
+    Every call of a workload takes the next server process and warms it up first with the warm-up
+    the workload's first round asked for (at least one call or transfer, whatever the round: the
+    process sat idle while the others ran).
     """
 
     def __init__(self, name: str, samplers: list[dict[str, Sampler]]) -> None:
@@ -173,8 +173,6 @@ class LocalSide:
         self._warmup: dict[str, int] = {}
 
     def sample(self, workload: str, count: int, warmup: int, sizes: dict[str, int]) -> list[float]:
-        if workload not in ROTATED:
-            return self.samplers[0][workload](count, warmup)
         calls = self._calls.get(workload, 0)
         self._calls[workload] = calls + 1
         warmup = max(1, self._warmup.setdefault(workload, warmup))
@@ -208,11 +206,12 @@ class Peers:
 
 @contextlib.contextmanager
 def mode_sides(
-    mode: str, peers: Peers, sizes: Sizes, *, raw_hmac: bool = True
+    mode: str, peers: Peers, sizes: Sizes, *, processes: int, raw_hmac: bool = True
 ) -> Iterator[tuple[list[Side], dict[str, str]]]:
     """Start the servers of one mode and connect every side; yields the sides and why others are missing.
 
-    ``raw_hmac=False``: in the secure mode raw Flight uses mTLS alone (what request signing costs).
+    ``processes``: server processes per side for vgi-flight and raw Flight. ``raw_hmac=False``: in
+    the secure mode raw Flight uses mTLS alone (what request signing costs).
     """
     notes: dict[str, str] = {}
     sides: list[Side] = []
@@ -235,7 +234,7 @@ def mode_sides(
         raw_key = (HMAC_KEY_ID, HMAC_SECRET) if mode == SECURE and raw_hmac else None
         vgi_sets: list[dict[str, Sampler]] = []
         raw_sets: list[dict[str, Sampler]] = []
-        for _ in range(BULK_SERVERS):
+        for _ in range(processes):
             vgi_loc = stack.enter_context(server_process("vgi", "--local-data", *vgi_options)).location
             raw_loc = stack.enter_context(server_process("raw", *raw_options)).location
             svc = stack.enter_context(connect(BenchService, vgi_loc, auth=auth, **tls))
@@ -340,7 +339,7 @@ def run_mode(
     """Every workload of one mode, in rounds over all sides: {workload: {side: Cell}}."""
     cells = {w.key: {name: Cell() for name in SIDES} for w in workloads}
     sizes = plan.sizes.to_json()
-    with mode_sides(mode, peers, plan.sizes, raw_hmac=raw_hmac) as (sides, notes):
+    with mode_sides(mode, peers, plan.sizes, processes=plan.server_processes, raw_hmac=raw_hmac) as (sides, notes):
         for w in workloads:
             for name, note in notes.items():
                 cells[w.key][name].note = note

@@ -1,4 +1,4 @@
-"""How the benchmark schedules bulk rows: server processes in rotation, and a settled machine before each."""
+"""How the benchmark schedules the pair's rows: server processes in rotation, and a settled machine before bulk ones."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from benchmarks.run import (
 )
 
 
-def test_bulk_rounds_rotate_over_server_processes() -> None:
+def test_rounds_rotate_over_server_processes() -> None:
     calls: list[tuple[int, str, int]] = []
 
     def sampler(process: int, workload: str) -> Sampler:
@@ -42,14 +42,20 @@ def test_bulk_rounds_rotate_over_server_processes() -> None:
         (2, "bulk", 2),
         (0, "bulk", 2),
         (1, "bulk", 2),
-        (0, "noop", 3),  # other workloads stay on the first process, warmed up in round 0 only
-        (0, "noop", 0),
+        (0, "noop", 3),  # every workload rotates on its own count, warmed up like its round 0
+        (1, "noop", 3),
     ]
     calls.clear()
     other = LocalSide("side", [{"bulk": sampler(i, "bulk")} for i in range(2)])
     for _ in range(3):
-        other.sample("bulk", 1, 0, {})  # a run whose plan asks no warm-up still warms bulk rows once
+        other.sample("bulk", 1, 0, {})  # a run whose plan asks no warm-up still warms each process once
     assert calls == [(0, "bulk", 1), (1, "bulk", 1), (0, "bulk", 1)]
+
+
+def test_a_full_run_meets_a_new_server_process_every_round() -> None:
+    # a process's speed is a draw for its whole life: reusing one within a row would weigh its draw twice
+    assert FULL.server_processes >= FULL.rounds
+    assert QUICK.server_processes >= 2
 
 
 def test_idle_fraction_sees_a_busy_core() -> None:
