@@ -74,10 +74,17 @@ class Served:
             raise AssertionError(f"vgi-flight serve {args} did not start: {self.proc.communicate(timeout=10)[1]}")
 
     def terminate(self) -> int:
-        """SIGTERM the server and return its exit code."""
+        """SIGTERM the server and return its exit code; fail with its log if it does not stop in 30 s."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, stderr = self.proc.communicate(timeout=10)
+            raise AssertionError(
+                f"the server did not stop within 30 s of SIGTERM; its log:\n{stderr[-4000:]}"
+            ) from None
 
 
 @pytest.fixture

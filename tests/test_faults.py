@@ -6,6 +6,7 @@ Waits are bounded polls for a condition, never assertions about how long somethi
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -270,9 +271,10 @@ def test_handler_deadline_ends_a_hung_stream_turn() -> None:
 # --- a hung handler at shutdown --------------------------------------------------------------------
 
 
-def test_drain_deadline_ends_a_hung_handler_and_its_stream_resumes_elsewhere() -> None:
+def test_drain_deadline_ends_a_hung_handler_and_its_stream_resumes_elsewhere(caplog: pytest.LogCaptureFixture) -> None:
     """A replica drains while a produce turn hangs: past the drain deadline the turn is abandoned,
-    the server stops, and the stream continues on the other replica without loss or duplication."""
+    the server stops, and the stream continues on the other replica without loss or duplication.
+    The log says at once why the stop waits, and again when the deadline passes."""
     with (
         serving(handler_deadline=600.0) as draining,
         serving() as other,
@@ -302,7 +304,13 @@ def test_drain_deadline_ends_a_hung_handler_and_its_stream_resumes_elsewhere() -
         caller = threading.Thread(target=hung_call)
         caller.start()
         wait_for(lambda: draining.stats().live_calls == 2, "the hung unary call to arrive")
-        assert draining.drain(deadline=0.3, grace=10) is True  # stopped although both handlers hang
+        with caplog.at_level(logging.WARNING, logger="vgi_flight"):
+            assert draining.drain(deadline=0.3, grace=10) is True  # stopped although both handlers hang
+        drain_logs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("drain:")]
+        assert drain_logs == [
+            "drain: 2 call(s) open; they may run for up to 0.3 s",
+            "drain: 2 call(s) still open after 0.3 s; ending their streams",
+        ]
         caller.join(timeout=30)
         assert [e.code for e in unary_error] == [ErrorCode.UNAVAILABLE]
         assert draining.stats().streams_handed_off == 1

@@ -1274,7 +1274,13 @@ class RpcServer:
         """
         dispatcher = self._dispatcher
         dispatcher.draining = True
+        if dispatcher.live_calls:  # say at once why the stop may take up to the deadline
+            log.warning("drain: %d call(s) open; they may run for up to %s s", dispatcher.live_calls, deadline)
         self._wait_for_calls(deadline)
+        if dispatcher.live_calls:
+            log.warning(
+                "drain: %d call(s) still open after %s s; ending their streams", dispatcher.live_calls, deadline
+            )
         dispatcher.ending = True  # past the deadline: end open streams at their next turn
         stop_by = time.monotonic() + grace
         self._wait_for_calls(grace)
