@@ -227,11 +227,6 @@ def _assemble(parts: list[pa.RecordBatch], last: pa.RecordBatch) -> pa.RecordBat
     return pa.Table.from_batches(pieces).combine_chunks().to_batches()[0]
 
 
-def _custom_metadata(meta: dict[str, Any]) -> pa.KeyValueMetadata | None:
-    custom = meta.get("metadata")
-    return pa.KeyValueMetadata(custom) if isinstance(custom, dict) and custom else None
-
-
 def _local_reader(
     t: _Transport, location: str, request: bytes, trace_context: Context | None
 ) -> LocalStreamReader | None:
@@ -452,7 +447,7 @@ class StreamSession:
                     continue  # replayed after a resume: delivered already
                 self._token_b64 = meta.get("token")
                 self._seq = seq
-                yield annotated_batch(batch, _custom_metadata(meta))
+                yield annotated_batch(batch, wire.custom_metadata(meta))
             elif kind == wire.KIND_DATA_PART:
                 parts.append(chunk.data)
             else:
@@ -585,7 +580,7 @@ class StreamSession:
         except RpcError:
             self._fail()
             raise
-        return annotated_batch(data, _custom_metadata(self._last_meta))
+        return annotated_batch(data, wire.custom_metadata(self._last_meta))
 
     def _drain(self) -> None:
         """Read the rest of the response (logs) until the server ends the call."""

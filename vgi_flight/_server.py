@@ -1044,11 +1044,8 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
                     batch = conform_batch(batch, input_schema, "input batch")
                 except ValueError as exc:
                     raise RequestRejectedError(ErrorCode.INVALID_ARGUMENT, str(exc)) from None
-            meta = None
             app_metadata = chunk.app_metadata
-            if app_metadata is not None:
-                custom = wire.parse_metadata(app_metadata).get("metadata")
-                meta = pa.KeyValueMetadata(custom) if isinstance(custom, dict) and custom else None
+            meta = wire.custom_metadata(wire.parse_metadata(app_metadata)) if app_metadata is not None else None
             out = live.turn(annotated_batch(batch, meta), invoke)
             for msg in out.logs:
                 write(empty, wire.log_json(msg))

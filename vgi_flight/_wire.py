@@ -337,6 +337,12 @@ def ready_metadata(
     return json_bytes(obj)
 
 
+def custom_metadata(meta: dict[str, Any]) -> pa.KeyValueMetadata | None:
+    """The custom metadata a parsed data message carries (its ``metadata`` object), if any."""
+    custom = meta.get("metadata")
+    return pa.KeyValueMetadata(custom) if isinstance(custom, dict) and custom else None
+
+
 def parse_metadata(raw: bytes | pa.Buffer | None) -> dict[str, Any]:
     """Parse a message's app_metadata JSON (empty dict when absent).
 
