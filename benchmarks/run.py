@@ -10,12 +10,13 @@ transports have no TLS, so "n/a").
 
 Servers run in child processes on 127.0.0.1; the vgi-flight and raw clients run in this process,
 each vgi-rpc transport's client in a worker process of the Python 3.13 venv (``benchmarks.vgirpc``).
-Every client connects once per mode. vgi-flight and raw Flight each run Plan.server_processes server
-processes per mode, and every workload takes the next one every round, warmed up first (bulk rows
-also after a rest, with three timed transfers: see REST_SECONDS and Plan.pair_transfers). Each workload runs
-in rounds; a round runs every side once, one side at a time, vgi-flight and raw Flight back to back
-(taking turns at going first) at a random place among the vgi-rpc sides (seeded per round), so that
-noise, and what the side before leaves behind, hits all sides alike.
+Every client connects once per mode. vgi-flight and raw Flight are served side by side in each of
+Plan.server_processes server processes per mode, and every call of a workload takes the next one
+(the same one on both sides), warmed up first. Each workload runs in rounds; a round runs every side
+once, one side at a time, vgi-flight and raw Flight back to back (taking turns at going first) at a
+random place among the vgi-rpc sides (seeded per round), so that noise, and what the side before
+leaves behind, hits all sides alike. In bulk rows the two take turns transfer by transfer after a
+rest, several transfers each (see round_blocks and REST_SECONDS).
 Figures are medians of all samples of all rounds, with the spread (lowest and highest per-round
 median) and, for latency, p99; ratios are computed within the run. Every process of the run holds
 glibc's malloc thresholds fixed (``benchmarks.allocator``; ``--malloc-defaults`` to leave them).
@@ -105,15 +106,18 @@ class Plan:
     call_count: int  # calls per round and side of a "ms" workload
     transfer_count: int  # transfers (bulk) or batches of threaded calls per round and side
     sizes: Sizes
-    # bulk transfers per round of vgi-flight and raw Flight, whose ratio has a target: one 1 GiB
-    # transfer varies by +-20% on this kind of machine, so one per round left the bulk ratios a draw
+    # bulk transfers per round of vgi-flight and raw Flight, whose ratio has a target, taken in
+    # alternation (see round_blocks): one 1 GiB transfer varies by +-15% on this kind of machine, so
+    # a few per round left the bulk ratios a draw
     pair_transfers: int = 1
-    rest_seconds: float = 0.0  # before each bulk sample of vgi-flight and raw Flight (see REST_SECONDS)
+    rest_seconds: float = 0.0  # before the pair's transfers of a bulk row (see REST_SECONDS)
+    settle_seconds: float = 2.0  # longest wait for an idle machine before each bulk transfer (see settle)
     server_processes: int = 2  # per side and mode for vgi-flight and raw Flight, taken in turn (see LocalSide)
 
     def count(self, w: Workload, side: str = "") -> int:
+        """Samples per call of ``side``'s sampler: one transfer for the pair's bulk rows (see round_blocks)."""
         if pair_bulk(w, side):
-            return self.pair_transfers
+            return 1
         return {"latency": self.latency_count, "ms": self.call_count}.get(w.kind, self.transfer_count)
 
     def warmup(self, w: Workload) -> int:
@@ -127,7 +131,7 @@ FULL = Plan(
     call_count=20,
     transfer_count=1,
     sizes=Sizes(),
-    pair_transfers=3,
+    pair_transfers=6,
     rest_seconds=REST_SECONDS,
     server_processes=8,  # one per round
 )
@@ -156,10 +160,13 @@ SAMPLED_AS = {"bulk_local": "bulk"}
 class LocalSide:
     """vgi-flight or raw Flight: samplers run in this process, one set per server process of the side.
 
-    Every workload rotates over the side's server processes, one per round (``Plan.server_processes``).
+    Every workload rotates over the server processes (``Plan.server_processes``), one per call.
     How fast one process serves depends on where its memory and threads landed, for its whole life:
     processes of the same server code differ by up to 15% in bulk throughput and by 5-12% in
-    exchange round-trip latency, so with one process per side every ratio was partly a draw.
+    exchange round-trip latency, so with one process per side every ratio was partly a draw. Each
+    process hosts a raw Flight server and a vgi-flight server side by side (``benchmarks.services
+    pair``), and the two sides rotate in step: the n-th call of a workload meets the same process on
+    either side, so a process's draw weighs on both sides of their ratio alike.
 
     Every call of a workload takes the next server process and warms it up first with the warm-up
     the workload's first round asked for (at least one call or transfer, whatever the round: the
@@ -210,15 +217,14 @@ def mode_sides(
 ) -> Iterator[tuple[list[Side], dict[str, str]]]:
     """Start the servers of one mode and connect every side; yields the sides and why others are missing.
 
-    ``processes``: server processes per side for vgi-flight and raw Flight. ``raw_hmac=False``: in
-    the secure mode raw Flight uses mTLS alone (what request signing costs).
+    ``processes``: server processes, each serving vgi-flight and raw Flight (see LocalSide).
+    ``raw_hmac=False``: in the secure mode raw Flight uses mTLS alone (what request signing costs).
     """
     notes: dict[str, str] = {}
     sides: list[Side] = []
     with contextlib.ExitStack() as stack:
         tls: dict[str, Any] = {}
-        vgi_options: tuple[str, ...] = ()
-        raw_options: tuple[str, ...] = ()
+        options: tuple[str, ...] = ()
         certs = ""
         if mode == SECURE:
             certs = stack.enter_context(tempfile.TemporaryDirectory(prefix="vgi-bench-certs-"))
@@ -229,14 +235,13 @@ def mode_sides(
                 "cert_chain": files["client-bench.pem"],
                 "private_key": files["client-bench.key"],
             }
-            vgi_options, raw_options = ("--tls", certs, "--hmac"), ("--tls", certs, *(("--hmac",) if raw_hmac else ()))
+            options = ("--tls", certs, "--hmac", *(("--raw-hmac",) if raw_hmac else ()))
         auth = HmacAuth(HMAC_KEY_ID, HMAC_SECRET) if mode == SECURE else None
         raw_key = (HMAC_KEY_ID, HMAC_SECRET) if mode == SECURE and raw_hmac else None
         vgi_sets: list[dict[str, Sampler]] = []
         raw_sets: list[dict[str, Sampler]] = []
         for _ in range(processes):
-            vgi_loc = stack.enter_context(server_process("vgi", "--local-data", *vgi_options)).location
-            raw_loc = stack.enter_context(server_process("raw", *raw_options)).location
+            raw_loc, vgi_loc = stack.enter_context(server_process("pair", "--local-data", *options)).locations
             svc = stack.enter_context(connect(BenchService, vgi_loc, auth=auth, **tls))
             vgi_samplers = vgi_flight_samplers(svc, sizes)
             local = stack.enter_context(connect(BenchService, vgi_loc, auth=auth, local_data=True, **tls))
@@ -313,8 +318,26 @@ def settle(limit: float = 2.0, window: float = 0.05, idle: float = 0.85) -> None
 
 
 def rest_before(w: Workload, side: str, plan: Plan) -> float:
-    """Seconds to rest before a sample of ``side``: the plan's rest for vgi-flight's and raw's bulk rows."""
+    """Seconds to rest before a block that starts with ``side``: the plan's rest for the pair's bulk rows."""
     return plan.rest_seconds if pair_bulk(w, side) else 0.0
+
+
+def round_blocks(w: Workload, order: Sequence[Side], plan: Plan) -> list[list[Side]]:
+    """The samples of one round in the order they run: one per side, except the pair's bulk rows.
+
+    There vgi-flight and raw Flight take turns transfer by transfer, ``plan.pair_transfers`` each,
+    in one block: the machine drifts over seconds (one 1 GiB transfer varies by +-15%), and
+    alternating puts every transfer of one side next to one of the other. Each transfer takes the
+    side's next server process (LocalSide), so a round also mixes several processes of each side.
+    """
+    pair = [s for s in order if pair_bulk(w, s.name)]
+    blocks: list[list[Side]] = []
+    for side in order:
+        if side not in pair:
+            blocks.append([side])
+        elif side is pair[0]:
+            blocks.append(pair * plan.pair_transfers)
+    return blocks
 
 
 def round_order(sides: Sequence[Side], r: int) -> list[Side]:
@@ -338,28 +361,42 @@ def run_mode(
 ) -> dict[str, dict[str, Cell]]:
     """Every workload of one mode, in rounds over all sides: {workload: {side: Cell}}."""
     cells = {w.key: {name: Cell() for name in SIDES} for w in workloads}
-    sizes = plan.sizes.to_json()
     with mode_sides(mode, peers, plan.sizes, processes=plan.server_processes, raw_hmac=raw_hmac) as (sides, notes):
         for w in workloads:
             for name, note in notes.items():
                 cells[w.key][name].note = note
-            for r in range(plan.rounds):
-                for side in round_order(sides, r):
-                    cell = cells[w.key][side.name]
-                    if cell.note is not None:
-                        continue
-                    try:
-                        warmup = plan.warmup(w) if r == 0 else 0
-                        key = w.key if side.name == VGI else SAMPLED_AS.get(w.key, w.key)
-                        if w.kind == "gbps":
-                            time.sleep(rest_before(w, side.name, plan))
-                            settle()
-                        cell.rounds.append(side.sample(key, plan.count(w, side.name), warmup, sizes))
-                    except Exception as exc:
-                        cell.note = f"error: {type(exc).__name__}: {exc}"
-                        print(f"{side.name} {w.key} ({mode}): {cell.note}", file=sys.stderr, flush=True)
+            run_rounds(w, sides, cells[w.key], plan, mode)
             print(f"  {mode} {w.title}: done ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
     return cells
+
+
+def run_rounds(w: Workload, sides: Sequence[Side], cells: dict[str, Cell], plan: Plan, mode: str) -> None:
+    """Every round of one workload over ``sides``; each side's samples go to its cell, a list per round."""
+    sizes = plan.sizes.to_json()
+    for r in range(plan.rounds):
+        order = round_order(sides, r)
+        for side in order:
+            cells[side.name].rounds.append([])
+        warmup = plan.warmup(w) if r == 0 else 0
+        for block in round_blocks(w, order, plan):
+            if w.kind == "gbps":
+                time.sleep(rest_before(w, block[0].name, plan))
+            for side in block:
+                take_sample(w, side, cells[side.name], plan, warmup, sizes, mode)
+
+
+def take_sample(w: Workload, side: Side, cell: Cell, plan: Plan, warmup: int, sizes: dict[str, int], mode: str) -> None:
+    """One call of ``side``'s sampler for ``w``, added to the cell's current round; a failure ends the cell."""
+    if cell.note is not None:
+        return
+    try:
+        key = w.key if side.name == VGI else SAMPLED_AS.get(w.key, w.key)
+        if w.kind == "gbps":
+            settle(plan.settle_seconds)
+        cell.rounds[-1].extend(side.sample(key, plan.count(w, side.name), warmup, sizes))
+    except Exception as exc:
+        cell.note = f"error: {type(exc).__name__}: {exc}"
+        print(f"{side.name} {w.key} ({mode}): {cell.note}", file=sys.stderr, flush=True)
 
 
 # --- figures -------------------------------------------------------------------------------------
@@ -415,9 +452,9 @@ def converter(w: Workload, sizes: Sizes) -> Callable[[float], float]:
 
 
 def figure(cell: Cell, convert: Callable[[float], float], latency: bool) -> Figure | None:
-    if cell.note is not None or not cell.rounds:
-        return None
     values = [convert(s) for r in cell.rounds for s in r]
+    if cell.note is not None or not values:
+        return None
     per_round = [statistics.median([convert(s) for s in r]) for r in cell.rounds if r]
     p99 = percentile(values, 0.99) if latency else None
     return Figure(statistics.median(values), min(per_round), max(per_round), p99, len(values))

@@ -303,7 +303,7 @@ class ServerChild:
     """A ``python -m benchmarks.services which options...`` server in a child process on loopback."""
 
     def __init__(self, which: str, *options: str) -> None:
-        """Start it and read the location it prints.
+        """Start it and read the location(s) it prints.
 
         Raises:
             RuntimeError: The server exited before printing its location.
@@ -318,7 +318,8 @@ class ServerChild:
             cwd=root,
         )
         assert self.proc.stdout is not None
-        self.location = self.proc.stdout.readline().strip()
+        self.locations = self.proc.stdout.readline().split()  # a ``pair``: raw Flight's, then vgi-flight's
+        self.location = self.locations[0] if self.locations else ""
         self.pid = self.proc.pid
         if not self.location:
             code = self.proc.wait()
@@ -350,13 +351,16 @@ def server_process(which: str, *options: str) -> Iterator[ServerChild]:
 
 
 def main() -> None:
-    """``python -m benchmarks.services vgi|raw [--tls DIR] [--hmac] [--local-data]``: serve on loopback.
+    """``python -m benchmarks.services vgi|raw|pair [--tls DIR] [--hmac] [--raw-hmac] [--local-data]``: serve.
 
-    Prints the location.
+    Prints the location; ``pair`` serves raw Flight and vgi-flight side by side in one process and
+    prints both locations (raw first), so that the two share whatever makes one process faster
+    than another (see benchmarks.run.LocalSide).
 
     ``--tls DIR`` serves mTLS with DIR/server.pem, DIR/server.key and client certificates verified
-    against DIR/ca.pem. ``--hmac`` requires HMAC-signed requests. ``--local-data`` (vgi
-    only) also serves producers over a local data channel.
+    against DIR/ca.pem. ``--hmac`` requires HMAC-signed requests (of the ``pair``'s vgi-flight
+    server; ``--raw-hmac`` of its raw Flight one). ``--local-data`` (vgi-flight only) also serves
+    producers over a local data channel.
     """
     args = sys.argv[1:]
     which = args[0]
@@ -371,12 +375,15 @@ def main() -> None:
             "root_certificates": (directory / "ca.pem").read_bytes(),
         }
         scheme = "grpc+tls"
-    if which == "raw":
-        verifier = HmacVerifier({HMAC_KEY_ID: HMAC_SECRET}) if "--hmac" in args else None
-        server = RawServer(f"{scheme}://127.0.0.1:0", hmac=verifier, **tls)
-        print(f"{scheme}://127.0.0.1:{server.port}", flush=True)
-        server.serve()
-    else:
+    locations: list[str] = []
+    raw: RawServer | None = None
+    rpc: RpcServer | None = None
+    if which in ("raw", "pair"):
+        raw_hmac = "--raw-hmac" in args if which == "pair" else "--hmac" in args
+        verifier = HmacVerifier({HMAC_KEY_ID: HMAC_SECRET}) if raw_hmac else None
+        raw = RawServer(f"{scheme}://127.0.0.1:0", hmac=verifier, **tls)
+        locations.append(f"{scheme}://127.0.0.1:{raw.port}")
+    if which in ("vgi", "pair"):
         auth = ServerAuth(hmac_keys={HMAC_KEY_ID: HmacKey(HMAC_SECRET, "bench")}) if "--hmac" in args else None
         rpc = RpcServer(
             BenchService,
@@ -387,8 +394,12 @@ def main() -> None:
             local_data="--local-data" in args,
             **tls,
         )
-        print(rpc.location, flush=True)
-        rpc.serve()
+        locations.append(rpc.location)
+    print(" ".join(locations), flush=True)
+    if rpc is not None:
+        rpc.serve()  # until killed; a raw server beside it serves on its own gRPC threads
+    elif raw is not None:
+        raw.serve()
 
 
 if __name__ == "__main__":
