@@ -18,6 +18,7 @@ from vgi_flight import (
     Level,
     MethodKind,
     OutputCollector,
+    ProducerState,
     RpcError,
     RpcServer,
     Stream,
@@ -204,3 +205,38 @@ def test_call_context_and_plain_stream_state() -> None:
         with pytest.raises(RpcError, match="does not fit the output schema") as info:
             list(svc.bad_emit())
         assert info.value.error_type == "ValueError"
+
+
+@dataclass
+class WrappedProducer(ProducerState):
+    """A producer whose process() wraps produce(): the server must still call process()."""
+
+    n: int = 0
+    turns: int = 0
+
+    def produce(self, out: OutputCollector, ctx: CallContext) -> None:
+        if self.n >= 3:
+            out.finish()
+            return
+        out.emit_arrays([pa.array([self.n]), pa.array([self.turns])])
+        self.n += 1
+
+    def process(self, input: AnnotatedBatch, out: OutputCollector, ctx: CallContext) -> None:
+        self.turns += 1
+        super().process(input, out, ctx)
+
+
+class WrappedService(Protocol):
+    def wrapped(self) -> Stream[StreamState]: ...
+
+
+class WrappedImpl:
+    def wrapped(self) -> Stream[WrappedProducer]:
+        schema = pa.schema([("n", pa.int64()), ("turns", pa.int64())])
+        return Stream(output_schema=schema, state=WrappedProducer())
+
+
+def test_an_overridden_producer_process_runs_every_turn() -> None:
+    with serve_pipe(WrappedService, WrappedImpl()) as svc:
+        rows = [row for b in svc.wrapped() for row in b.batch.to_pylist()]
+    assert rows == [{"n": 0, "turns": 1}, {"n": 1, "turns": 2}, {"n": 2, "turns": 3}]
