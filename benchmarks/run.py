@@ -133,7 +133,7 @@ FULL = Plan(
     sizes=Sizes(),
     pair_transfers=6,
     rest_seconds=REST_SECONDS,
-    server_processes=8,  # one per round
+    server_processes=8,  # one per round of the latency rows; the bulk rows meet each six times
 )
 QUICK = Plan(
     rounds=3,
