@@ -1052,9 +1052,9 @@ class _FlightService(flight.FlightServerBase):  # type: ignore[misc]  # pyarrow 
             app_metadata = chunk.app_metadata
             meta = wire.custom_metadata(wire.parse_metadata(app_metadata)) if app_metadata is not None else None
             out = live.turn(annotated_batch(batch, meta), invoke)
-            for msg in out.logs:
+            for msg in out._logs:  # the collector's fields, as the producer loop reads them
                 write(empty, wire.log_json(msg))
-            data = out.data
+            data = out._data
             assert data is not None
             for batch, metadata in d.data_messages(live, data, record):
                 write(batch, metadata)
