@@ -57,12 +57,6 @@ def test_rounds_rotate_over_server_processes() -> None:
     assert calls == [(0, "bulk", 1), (1, "bulk", 1), (0, "bulk", 1)]
 
 
-def test_a_full_run_meets_a_new_server_process_every_round() -> None:
-    # a process's speed is a draw for its whole life: reusing one within a row would weigh its draw twice
-    assert FULL.server_processes >= FULL.rounds
-    assert QUICK.server_processes >= 2
-
-
 def test_idle_fraction_sees_a_busy_core() -> None:
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
@@ -109,10 +103,13 @@ def test_bulk_rows_alternate_the_pair_transfer_by_transfer() -> None:
     assert {next(s.name for s in round_order(sides, r) if s.name in (VGI, RAW)) for r in range(2)} == {VGI, RAW}
 
 
-def test_every_server_process_of_a_side_weighs_alike_in_a_full_run() -> None:
-    # a process's speed is a draw for its whole life: each one takes the same number of a row's calls
-    assert (FULL.rounds * FULL.pair_transfers) % FULL.server_processes == 0
+def test_every_server_process_weighs_alike_in_a_full_run() -> None:
+    # a process's speed is a draw for its whole life: each one takes the same number of a row's calls,
+    # a latency row meets a new one every round, a bulk row each one pair_transfers times
+    assert FULL.server_processes >= FULL.rounds
     assert FULL.rounds % FULL.server_processes == 0
+    assert (FULL.rounds * FULL.pair_transfers) % FULL.server_processes == 0
+    assert QUICK.server_processes >= 2
 
 
 def test_a_bulk_round_runs_the_pair_in_alternation_over_their_processes() -> None:
